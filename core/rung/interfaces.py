@@ -1,0 +1,205 @@
+"""The contract every plugin writes to: Backend, Tokenizer, Trainer, Engine and friends.
+
+Protocols, so a plugin needs no base class; `BaseBackend` is there for the async and batch
+methods most backends would otherwise write the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
+
+from rung.records import Completion, Delta, Example, GenerationRequest, Message, TrainResult
+
+if TYPE_CHECKING:
+    from rung.runner import Run
+    from rung.training import TrainingOptions
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do; callers check these instead of catching NotImplementedError."""
+
+    chat: bool = True
+    streaming: bool = False
+    logprobs: bool = False
+    trainable: bool = False
+    structured_output: bool = False
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Holds one model and answers generation requests."""
+
+    capabilities: Capabilities
+
+    def generate(self, request: GenerationRequest) -> Completion:
+        """Generate one completion."""
+
+    def stream(self, request: GenerationRequest) -> Iterator[Delta]:
+        """Generate one completion as deltas; the last delta has finish_reason and usage."""
+
+    async def agenerate(self, request: GenerationRequest) -> Completion:
+        """`generate`, for asyncio callers."""
+
+    def astream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        """`stream`, for asyncio callers."""
+
+    def generate_batch(
+        self, requests: Sequence[GenerationRequest], max_concurrency: int = 8
+    ) -> list[Completion]:
+        """Generate many completions, in order, with at most `max_concurrency` in flight."""
+
+    def count_tokens(self, text: str) -> int:
+        """How many tokens `text` is for this backend's model."""
+
+
+@runtime_checkable
+class TrainableBackend(Backend, Protocol):
+    """A compute backend (torch, hf, jax): it owns weights and an engine that trains them."""
+
+    framework: str  # "torch" or "jax": which objectives a trainer must hand its engine
+
+    def engine(self) -> Engine:
+        """The training loop for this backend's model."""
+
+    def save(self, directory: str | Path) -> None:
+        """Write the weights (safetensors), config.json and tokenizer to `directory`."""
+
+
+class BaseBackend:
+    """Default async and batch methods built on `generate` and `stream`.
+
+    Subclasses implement `generate` (and `stream` where they can); hosted backends override
+    the async methods with their SDK's native async client.
+    """
+
+    capabilities = Capabilities()
+
+    def generate(self, request: GenerationRequest) -> Completion:
+        raise NotImplementedError
+
+    def stream(self, request: GenerationRequest) -> Iterator[Delta]:
+        done = self.generate(request)
+        yield Delta(done.text, done.finish_reason, done.usage, done.model)
+
+    async def agenerate(self, request: GenerationRequest) -> Completion:
+        return await asyncio.to_thread(self.generate, request)
+
+    async def astream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        # Drive the blocking iterator from a worker thread, one delta at a time.
+        iterator = iter(self.stream(request))
+        sentinel = object()
+        while (delta := await asyncio.to_thread(next, iterator, sentinel)) is not sentinel:
+            yield delta  # type: ignore[misc]
+
+    def generate_batch(
+        self, requests: Sequence[GenerationRequest], max_concurrency: int = 8
+    ) -> list[Completion]:
+        with ThreadPoolExecutor(max_workers=max(1, max_concurrency)) as pool:
+            return list(pool.map(self.generate, requests))
+
+    def count_tokens(self, text: str) -> int:
+        raise NotImplementedError(f"{type(self).__name__} cannot count tokens")
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """Turns text into token ids and back."""
+
+    vocab_size: int
+    special_tokens: Mapping[str, int]  # e.g. {"<|endoftext|>": 0}
+    eos_id: int | None
+    bos_id: int | None
+    pad_id: int | None
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text` (no special tokens added)."""
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of `ids`."""
+
+    def apply_chat_template(
+        self, messages: Sequence[Message], add_generation_prompt: bool = True
+    ) -> str:
+        """The conversation as one prompt string, in this tokenizer's chat format."""
+
+    def save(self, directory: str | Path) -> None:
+        """Write the tokenizer (tokenizer.json and its config) to `directory`."""
+
+
+@runtime_checkable
+class TrainableTokenizer(Tokenizer, Protocol):
+    """A tokenizer that learns its vocabulary from a corpus."""
+
+    def train(self, texts: Iterable[str]) -> None:
+        """Learn the vocabulary from `texts` (streamed, never held whole)."""
+
+
+@runtime_checkable
+class DataSource(Protocol):
+    """Where training examples come from."""
+
+    def read(self) -> Iterator[Example]:
+        """The examples, streamed; a file that cannot be parsed is a clear error naming it."""
+
+
+@runtime_checkable
+class BatchStream(Protocol):
+    """An endless, deterministic source of batches whose position a checkpoint can save."""
+
+    def __next__(self) -> Mapping[str, Any]:
+        """The next batch (framework arrays or numpy)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position, JSON-serialisable, so a resumed run sees the same data."""
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Go back to a saved position."""
+
+
+# objective(model, batch) -> (loss, metrics): a torch function for the torch engine, a pure
+# jax function for the jax engine.
+Objective = Callable[[Any, Mapping[str, Any]], tuple[Any, Mapping[str, Any]]]
+# evaluate(model) -> metrics, run every `eval_every` steps (validation loss, samples, ...).
+Evaluator = Callable[[Any], Mapping[str, float]]
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """The loop mechanics of one framework: device, precision, checkpoints, metrics."""
+
+    framework: str
+
+    def fit(
+        self,
+        objective: Objective,
+        batches: BatchStream,
+        options: TrainingOptions,
+        run: Run,
+        evaluate: Evaluator | None = None,
+    ) -> TrainResult:
+        """Train `options.steps` optimizer steps of `objective`, resuming as options say."""
+
+
+@runtime_checkable
+class Trainer(Protocol):
+    """A learning objective and the shaping of its data."""
+
+    def train(self, run: Run) -> TrainResult:
+        """Build what the run needs from `run`, hand the objective to the engine, train."""
+
+
+@runtime_checkable
+class MetricSink(Protocol):
+    """Where metrics go: the console, a JSONL file, TensorBoard, W&B."""
+
+    def log(self, step: int, metrics: Mapping[str, float | str]) -> None:
+        """Record the metrics of one step."""
+
+    def close(self) -> None:
+        """Flush and release what the sink holds."""

@@ -1,0 +1,133 @@
+"""The plain values every plugin shares: messages, requests, completions, training examples.
+
+Dataclasses, not pydantic models: they are created in hot loops (one per streamed token)
+and importing them must cost nothing at start-up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Role = Literal["system", "user", "assistant", "tool"]
+FinishReason = Literal["stop", "length", "content_filter", "tool_calls", "error"]
+
+
+@dataclass(frozen=True)
+class Message:
+    """One turn of a conversation."""
+
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What to generate: a chat (`messages`) or a raw `prompt`, and how to sample.
+
+    `None` means "the backend's default" for every sampling option.
+    """
+
+    messages: tuple[Message, ...] = ()
+    prompt: str | None = None
+    system: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    model: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.messages and self.prompt is None:
+            raise ValueError("a GenerationRequest needs messages or a prompt")
+        # Accept lists from callers, store tuples so requests stay hashable and immutable.
+        object.__setattr__(self, "messages", tuple(self.messages))
+        object.__setattr__(self, "stop", tuple(self.stop))
+
+    def chat(self) -> list[Message]:
+        """The request as a list of messages (system first, a bare prompt as a user turn)."""
+        turns = list(self.messages) if self.messages else [Message("user", self.prompt or "")]
+        if self.system and not any(m.role == "system" for m in turns):
+            turns.insert(0, Message("system", self.system))
+        return turns
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts as the backend reported them (never estimated)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A finished generation."""
+
+    text: str
+    finish_reason: FinishReason | str
+    usage: Usage = field(default_factory=Usage)
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class Delta:
+    """One piece of a streamed generation; the last one carries finish_reason and usage."""
+
+    text: str = ""
+    finish_reason: FinishReason | str | None = None
+    usage: Usage | None = None
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class Document:
+    """Raw text for pretraining, with where it came from."""
+
+    text: str
+    id: str = ""
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class ChatExample:
+    """A conversation to fine-tune on; by default only assistant turns are trained."""
+
+    messages: tuple[Message, ...]
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """A prompt with a preferred and a rejected answer (reward models, DPO)."""
+
+    prompt: tuple[Message, ...]
+    chosen: str
+    rejected: str
+
+
+@dataclass(frozen=True)
+class RewardedPrompt:
+    """A prompt whose answers are scored by a reward function (GRPO, PPO)."""
+
+    prompt: tuple[Message, ...]
+    reference: str | None = None
+
+
+Example = Document | ChatExample | PreferencePair | RewardedPrompt
+
+
+@dataclass
+class TrainResult:
+    """What a training run leaves behind."""
+
+    steps: int
+    output_dir: str
+    final_loss: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    checkpoint: str | None = None

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Create .venv and install the core and every plugin in plugins/ (editable), once.
+# A second run installs nothing unless a pyproject.toml or constraints.txt changed.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${RUNG_VENV:-$root/.venv}"
+python="${PYTHON:-python3}"
+
+"$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' || {
+  echo "rung needs Python 3.10 or newer ($python is $("$python" --version 2>&1))" >&2; exit 1; }
+
+stamp_of() {
+  cat "$root/constraints.txt" "$root/pyproject.toml" "$root"/plugins/*/pyproject.toml "$root/scripts/ensure-venv.sh" \
+    2>/dev/null | sha256sum | cut -d' ' -f1
+}
+want="$(stamp_of)"
+if [ -f "$venv/.rung-stamp" ] && [ "$(cat "$venv/.rung-stamp")" = "$want" ]; then
+  exit 0
+fi
+
+echo "setting up $venv (first run; later runs skip this)" >&2
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+"$venv/bin/python" -m pip install -q --upgrade pip "setuptools>=68" wheel
+targets=(-e "$root[test]")
+for plugin in "$root"/plugins/*/; do
+  [ -f "$plugin/pyproject.toml" ] && targets+=(-e "$plugin")
+done
+# constraints.txt pins what CI tests (torch 2.13.0 is a CPU wheel on the CI disk).
+"$venv/bin/python" -m pip install -q --no-build-isolation -c "$root/constraints.txt" "${targets[@]}"
+echo "$want" > "$venv/.rung-stamp"
