@@ -1,0 +1,339 @@
+"""The `byte` and `bpe` tokenizers, both built on Hugging Face `tokenizers`.
+
+Both save a standard `tokenizer.json` plus `tokenizer_config.json` and
+`special_tokens_map.json`, so `transformers.AutoTokenizer.from_pretrained(dir)` loads what
+rung saved and gives the same ids and the same chat template.
+
+Chat template (the same text in Python and, as Jinja, in tokenizer_config.json)::
+
+    <|system|>\\n{content}<|end|>\\n<|user|>\\n{content}<|end|>\\n<|assistant|>\\n{content}<|end|>\\n
+
+one block per message (`<|ROLE|>`, a newline, the content, `<|end|>`, a newline); with
+`add_generation_prompt` the prompt ends with `<|assistant|>\\n`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from rung.errors import RungError
+from rung.records import Message
+
+from rung_tokenizers.options import DEFAULT_SPECIAL_TOKENS, BPETokenizerOptions, ByteTokenizerOptions
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+CHAT_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|tool|>", "<|end|>")
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map from byte values to printable characters (byte-level BPE)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
+        range(ord("®"), ord("ÿ") + 1)
+    )
+    chars = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, chars)))
+
+
+class RungTokenizer:
+    """A Hugging Face `tokenizers.Tokenizer` with rung's special tokens and chat template.
+
+    Attributes follow `rung.interfaces.Tokenizer`: `vocab_size`, `special_tokens`
+    (token -> id), `eos_id`, `bos_id` (both `<|endoftext|>`), `pad_id`. `end_of_turn_id` is
+    the id of `<|end|>` (generation of a chat answer stops there), `None` without it.
+    """
+
+    kind = "tokenizer"
+
+    def __init__(self, hf: Any = None, *, special: Sequence[str] = DEFAULT_SPECIAL_TOKENS,
+                 eos_token: str = "<|endoftext|>", pad_token: str | None = "<|pad|>") -> None:
+        self._hf = hf
+        self._special_names = list(special)
+        self._eos_token = eos_token
+        self._pad_token = pad_token
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def hf_tokenizer(self) -> Any:
+        """The underlying `tokenizers.Tokenizer`."""
+        self._require_trained()
+        return self._hf
+
+    @property
+    def is_trained(self) -> bool:
+        return self._hf is not None
+
+    @property
+    def vocab_size(self) -> int:
+        self._require_trained()
+        return self._hf.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        self._require_trained()
+        out = {}
+        for token in self._special_names:
+            token_id = self._hf.token_to_id(token)
+            if token_id is not None:
+                out[token] = token_id
+        return out
+
+    @property
+    def eos_id(self) -> int | None:
+        return self.special_tokens.get(self._eos_token)
+
+    @property
+    def bos_id(self) -> int | None:
+        return self.eos_id
+
+    @property
+    def pad_id(self) -> int | None:
+        return self.special_tokens.get(self._pad_token) if self._pad_token else None
+
+    @property
+    def end_of_turn_id(self) -> int | None:
+        return self.special_tokens.get("<|end|>")
+
+    @property
+    def eos_token(self) -> str:
+        return self._eos_token
+
+    # ------------------------------------------------------------------ encoding
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`; special tokens written in the text become their ids."""
+        self._require_trained()
+        return self._hf.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """`encode` for many texts at once (parallel inside `tokenizers`)."""
+        self._require_trained()
+        return [e.ids for e in self._hf.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        self._require_trained()
+        return self._hf.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def token_to_id(self, token: str) -> int | None:
+        self._require_trained()
+        return self._hf.token_to_id(token)
+
+    def apply_chat_template(self, messages: Sequence[Message | Mapping[str, str]],
+                            add_generation_prompt: bool = True) -> str:
+        """The conversation in rung's chat format (see the module docstring)."""
+        parts = []
+        for message in messages:
+            role, content = _role_content(message)
+            parts.append(f"<|{role}|>\n{content}<|end|>\n")
+        if add_generation_prompt:
+            parts.append("<|assistant|>\n")
+        return "".join(parts)
+
+    # ------------------------------------------------------------------ saving
+
+    def to_json(self) -> str:
+        """The `tokenizer.json` text."""
+        self._require_trained()
+        return self._hf.to_str()
+
+    def fingerprint(self) -> str:
+        """sha256 of the tokenizer.json text: what token shards record to stay consistent."""
+        return hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()
+
+    def save(self, directory: str | Path) -> None:
+        """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json."""
+        self._require_trained()
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self._hf.save(str(directory / "tokenizer.json"))
+        special = self.special_tokens
+        has_chat = all(token in special for token in CHAT_TOKENS)
+        others = [t for t in special if t not in (self._eos_token, self._pad_token)]
+        tokens_map: dict[str, Any] = {
+            "bos_token": self._eos_token,
+            "eos_token": self._eos_token,
+            "unk_token": None,
+            "additional_special_tokens": others,
+        }
+        if self._pad_token and self._pad_token in special:
+            tokens_map["pad_token"] = self._pad_token
+        config: dict[str, Any] = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "model_max_length": 1_000_000_000,
+            "clean_up_tokenization_spaces": False,
+            "add_bos_token": False,
+            "add_eos_token": False,
+            **tokens_map,
+            "rung_tokenizer": self.kind,
+            "rung_special_tokens": self._special_names,
+        }
+        if has_chat:
+            config["chat_template"] = CHAT_TEMPLATE
+        (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        (directory / "special_tokens_map.json").write_text(json.dumps(tokens_map, indent=2) + "\n", encoding="utf-8")
+
+    # ------------------------------------------------------------------ helpers
+
+    def _require_trained(self) -> None:
+        if self._hf is None:
+            raise RungError(
+                f"the {self.kind} tokenizer has no vocabulary yet: train it on a corpus "
+                "(e.g. `rung prepare CONFIG`) or give `path:` to a tokenizer.json"
+            )
+
+    def __repr__(self) -> str:
+        size = self._hf.get_vocab_size(with_added_tokens=True) if self._hf is not None else "untrained"
+        return f"{type(self).__name__}(vocab_size={size})"
+
+
+def _role_content(message: Message | Mapping[str, str]) -> tuple[str, str]:
+    if isinstance(message, Mapping):
+        return str(message["role"]), str(message["content"])
+    return message.role, message.content
+
+
+def _add_special(hf: Any, special: Sequence[str]) -> None:
+    from tokenizers import AddedToken
+
+    hf.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special])
+
+
+class ByteTokenizer(RungTokenizer):
+    """Ids 0-255 are the bytes of the UTF-8 text; special tokens follow from id 256.
+
+    Needs no training; any text round-trips exactly.
+    """
+
+    kind = "byte"
+
+    def __init__(self, options: ByteTokenizerOptions | None = None, **_: Any) -> None:
+        options = options or ByteTokenizerOptions()
+        super().__init__(build_byte_tokenizer(options.special_tokens),
+                         special=options.special_tokens, eos_token=options.eos_token,
+                         pad_token=options.pad_token)
+
+
+def build_byte_tokenizer(special: Sequence[str]) -> Any:
+    """A `tokenizers.Tokenizer` whose token i is byte i (a byte-level BPE with no merges)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {char: byte for byte, char in bytes_to_unicode().items()}
+    hf = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    hf.decoder = decoders.ByteLevel()
+    _add_special(hf, special)
+    return hf
+
+
+class BPETokenizer(RungTokenizer):
+    """Byte-level BPE: GPT-2 style pre-tokenisation, trained with `tokenizers`' BpeTrainer.
+
+    Special tokens get the first ids (0, 1, ...), then the 256 byte symbols, then merges.
+    With `path:` it loads an existing tokenizer.json and is ready at once.
+    """
+
+    kind = "bpe"
+
+    def __init__(self, options: BPETokenizerOptions | None = None, **_: Any) -> None:
+        self.options = options or BPETokenizerOptions()
+        hf = _load_hf(self.options.path) if self.options.path else None
+        super().__init__(hf, special=self.options.special_tokens, eos_token=self.options.eos_token,
+                         pad_token=self.options.pad_token)
+
+    def train(self, texts: Iterable[str]) -> None:
+        """Learn the vocabulary from `texts`, streamed (at most `max_training_bytes`)."""
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+        hf = Tokenizer(models.BPE())
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        hf.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=self.options.vocab_size,
+            min_frequency=self.options.min_frequency,
+            special_tokens=list(self.options.special_tokens),
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        hf.train_from_iterator(_limit(texts, self.options.max_training_bytes), trainer=trainer)
+        # Mark them special (so decoding with skip_special_tokens drops them, and text
+        # holding them encodes them whole); their ids stay the first ones.
+        _add_special(hf, self.options.special_tokens)
+        self._hf = hf
+
+
+def _limit(texts: Iterable[str], max_bytes: int | None) -> Iterator[str]:
+    seen = 0
+    for text in texts:
+        yield text
+        seen += len(text.encode("utf-8", "replace"))
+        if max_bytes is not None and seen >= max_bytes:
+            return
+
+
+def _load_hf(path: str | Path) -> Any:
+    from tokenizers import Tokenizer
+
+    file = Path(path)
+    if file.is_dir():
+        file = file / "tokenizer.json"
+    if not file.is_file():
+        raise RungError(f"tokenizer file not found: {file}")
+    try:
+        return Tokenizer.from_file(str(file))
+    except Exception as exc:
+        raise RungError(f"{file}: not a valid tokenizer.json ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+
+
+def load_tokenizer(directory: str | Path) -> RungTokenizer:
+    """Load a tokenizer that `save()` wrote (a folder with tokenizer.json), e.g. a checkpoint's.
+
+    Special tokens, eos and pad come from tokenizer_config.json when rung wrote it, else
+    rung's defaults that the file contains. Any byte-level tokenizer.json loads this way.
+    """
+    directory = Path(directory)
+    file = directory / "tokenizer.json" if directory.is_dir() else directory
+    folder = file.parent
+    hf = _load_hf(file)
+    config: dict[str, Any] = {}
+    config_file = folder / "tokenizer_config.json"
+    if config_file.is_file():
+        try:
+            config = json.loads(config_file.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise RungError(f"{config_file}: not valid JSON ({exc})") from None
+    special = config.get("rung_special_tokens")
+    if special is None:
+        special = [t for t in DEFAULT_SPECIAL_TOKENS if hf.token_to_id(t) is not None]
+        for key in ("eos_token", "pad_token", "bos_token"):
+            token = _token_text(config.get(key))
+            if token and token not in special and hf.token_to_id(token) is not None:
+                special.append(token)
+    eos = _token_text(config.get("eos_token")) or "<|endoftext|>"
+    pad = _token_text(config.get("pad_token")) if "pad_token" in config else ("<|pad|>" if hf.token_to_id("<|pad|>") is not None else None)
+    cls = {"byte": ByteTokenizer, "bpe": BPETokenizer}.get(config.get("rung_tokenizer"), BPETokenizer)
+    tok = cls.__new__(cls)
+    if cls is BPETokenizer:
+        tok.options = BPETokenizerOptions(path=str(file), special_tokens=list(special), eos_token=eos, pad_token=pad)
+    RungTokenizer.__init__(tok, hf, special=special, eos_token=eos, pad_token=pad)
+    return tok
+
+
+def _token_text(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return value.get("content")
+    return value
