@@ -1,0 +1,3 @@
+"""rung-torch: rung's own Llama-style model in PyTorch, its training engine and generation."""
+
+__version__ = "0.1.0"

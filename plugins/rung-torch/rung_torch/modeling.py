@@ -1,0 +1,29 @@
+"""What objectives need from any torch causal LM: its logits, whoever built it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def forward_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits (batch, seq, vocab) of `input_ids` for a rung model or a transformers model.
+
+    rung's `Transformer` returns logits; transformers models (also wrapped by peft or DDP)
+    return an output object with `.logits`. `attention_mask` (batch, seq): 1 for real tokens.
+    """
+    if attention_mask is None:
+        out = model(input_ids)
+    else:
+        out = model(input_ids, attention_mask=attention_mask)
+    return out if isinstance(out, torch.Tensor) else out.logits
+
+
+def unwrap(model: Any) -> Any:
+    """The rung/transformers model under DDP (`.module`) or torch.compile (`._orig_mod`) wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:
+            return model
+        model = inner

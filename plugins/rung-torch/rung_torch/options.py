@@ -1,0 +1,19 @@
+"""Options of the torch backend."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from rung.model_config import LocalModelOptions
+
+
+class TorchOptions(LocalModelOptions):
+    """rung's own model in PyTorch: a preset (new weights) or a checkpoint directory.
+
+    Everything but the generation defaults is shared with the jax backend, so a config
+    switches framework by changing only `backend.name`.
+    """
+
+    max_tokens: int = Field(256, ge=1, description="default new tokens per request")
+    temperature: float = Field(0.0, ge=0, description="default sampling temperature; 0: greedy")
+    seed: int = Field(0, description="seed of the weights of a new model")
