@@ -1,0 +1,46 @@
+"""Options of the `jax` backend: rung's shared local-model options plus mesh and multi-host.
+
+A config switches between the torch and jax backends by changing only `backend.name`: every
+field here beyond `LocalModelOptions` has a default.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from rung.model_config import LocalModelOptions
+from rung.options import Options
+
+
+class MeshOptions(Options):
+    """Sizes of the device mesh's axes; one of them may be -1 ("all remaining devices")."""
+
+    data: int = Field(-1, description="data-parallel replicas (-1: the devices left over)")
+    fsdp: int = Field(1, description="parameter/optimizer-state sharding, batch split too")
+    tensor: int = Field(1, description="tensor (model) parallelism inside each layer")
+
+
+class DistributedOptions(Options):
+    """Multi-host: `jax.distributed.initialize` runs before anything touches a device.
+
+    On TPU pods and Slurm clusters leave the three fields empty and set `enabled: true`:
+    JAX finds the coordinator itself. Elsewhere name the coordinator, process count and id.
+    """
+
+    enabled: bool = Field(False, description="call jax.distributed.initialize (set by any field below)")
+    coordinator_address: str | None = Field(None, description="host:port of process 0")
+    num_processes: int | None = Field(None, ge=1)
+    process_id: int | None = Field(None, ge=0)
+
+    @property
+    def wanted(self) -> bool:
+        return self.enabled or self.coordinator_address is not None or self.num_processes is not None
+
+
+class JaxOptions(LocalModelOptions):
+    """rung's Llama-style model in JAX (Flax NNX)."""
+
+    mesh: MeshOptions = Field(default_factory=MeshOptions)
+    distributed: DistributedOptions = Field(default_factory=DistributedOptions)
+    seed: int = Field(0, description="seed of a new model's initial weights")
+    max_new_tokens: int = Field(256, ge=1, description="default max_tokens of a generation request")
