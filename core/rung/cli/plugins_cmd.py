@@ -25,18 +25,15 @@ def plugins(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"plugins": rows, "warnings": found.warnings}, indent=2))
         return
-    from rich.table import Table
-
-    from rung.console import get_console
-
-    table = Table("plugin", "version", "registered", box=None, pad_edge=False)
+    table = [("plugin", "version", "registered")]
     for row in rows:
         what = "; ".join(
             f"{kind.replace('_', ' ')}s: {', '.join(sorted(names))}"
             for kind in REGISTRATION_HOOKS
             if (names := row["registered"].get(kind))
         )
-        table.add_row(row["name"], row["version"], what or "-")
-    from rich.console import Console
-
-    Console(soft_wrap=False).print(table)
+        table.append((row["name"], row["version"], what or "-"))
+    # Plain columns, not rich: this command must start fast with every plugin installed.
+    widths = [max(len(line[i]) for line in table) for i in range(2)]
+    for name, version, what in table:
+        click.echo(f"{name:<{widths[0]}}  {version:<{widths[1]}}  {what}")
