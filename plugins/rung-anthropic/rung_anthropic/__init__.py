@@ -1,0 +1,1 @@
+"""rung-anthropic: the Anthropic Messages API as a rung backend."""

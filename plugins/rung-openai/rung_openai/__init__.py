@@ -1,0 +1,1 @@
+"""rung-openai: OpenAI chat completions, and any OpenAI-compatible server, as a rung backend."""

@@ -1,0 +1,256 @@
+"""The `openai` backend: chat completions through the official SDK, sync and async.
+
+Works with OpenAI and any OpenAI-compatible server (`base_url` with its ``/v1``). Streams
+ask for usage (``stream_options.include_usage``); a stream that ends without its finish
+reason or its usage raises `APIError(kind="cut_off")` instead of returning partial text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, TypeVar
+
+import openai
+from pydantic import BaseModel
+
+from rung.interfaces import Capabilities
+from rung.records import Completion, Delta, GenerationRequest, Usage
+from rung_openai.options import OpenAIOptions
+from rung_prompt.hosted import APIError, HostedBackend, first, one_line, stream_failure
+
+M = TypeVar("M", bound=BaseModel)
+
+FINISH = {
+    "stop": "stop",
+    "length": "length",
+    "content_filter": "content_filter",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+}
+
+
+class OpenAIBackend(HostedBackend):
+    """OpenAI chat completions (or an OpenAI-compatible server)."""
+
+    provider = "openai"
+    default_base_url = "https://api.openai.com/v1"
+    base_url_hint = "an OpenAI-compatible base_url usually ends in /v1"
+    capabilities = Capabilities(chat=True, streaming=True, structured_output=True)
+
+    options: OpenAIOptions
+
+    def __init__(self, options: OpenAIOptions, tokenizer: Any = None) -> None:
+        super().__init__(options, tokenizer)
+        field = options.max_tokens_field
+        if field == "auto":
+            field = "max_tokens" if options.base_url else "max_completion_tokens"
+        self._max_field = field
+
+    # -- plumbing
+    def _sdk(self) -> Any:
+        return openai
+
+    def _sdk_client(self, async_: bool) -> Any:
+        o = self.options
+        kwargs: dict[str, Any] = {
+            # A local server may need no key; the SDK insists on one, so send a placeholder.
+            "api_key": self._secret() or "no-key",
+            "timeout": o.timeout,
+            "max_retries": o.max_retries,
+        }
+        if o.base_url:
+            kwargs["base_url"] = o.base_url
+        if o.organization:
+            kwargs["organization"] = o.organization
+        return (openai.AsyncOpenAI if async_ else openai.OpenAI)(**kwargs)
+
+    def params(self, request: GenerationRequest, stream: bool = False) -> dict[str, Any]:
+        """The keyword arguments of ``chat.completions.create`` for `request`."""
+        o = self.options
+        params: dict[str, Any] = {
+            "model": request.model or o.model,
+            "messages": [{"role": m.role, "content": m.content} for m in request.chat()],
+        }
+        max_tokens = first(request.max_tokens, o.max_tokens)
+        if max_tokens is not None:
+            params[self._max_field] = max_tokens
+        for name in ("temperature", "top_p", "seed"):
+            value = first(getattr(request, name), getattr(o, name))
+            if value is not None:
+                params[name] = value
+        stop = list(request.stop or o.stop)
+        if stop:
+            params["stop"] = stop
+        extra = dict(o.extra_body)
+        if request.top_k is not None:
+            extra["top_k"] = request.top_k  # not OpenAI's; vLLM and llama.cpp take it
+        if extra:
+            params["extra_body"] = extra
+        if stream:
+            params["stream"] = True
+            if o.stream_usage:
+                params["stream_options"] = {"include_usage": True}
+        return params
+
+    def _completion(self, response: Any, model: str) -> Completion:
+        if not getattr(response, "choices", None):
+            raise APIError(f"openai: the server at {self.base_url} answered with no choices", "malformed")
+        choice = response.choices[0]
+        message = choice.message
+        refusal = getattr(message, "refusal", None)
+        if refusal and not message.content:
+            raise APIError(f"openai: model '{model}' refused the request: {one_line(refusal)}", "refused")
+        usage = response.usage
+        return Completion(
+            text=message.content or "",
+            finish_reason=FINISH.get(choice.finish_reason or "", choice.finish_reason or "stop"),
+            usage=Usage(usage.prompt_tokens or 0, usage.completion_tokens or 0) if usage else Usage(),
+            model=response.model or model,
+        )
+
+    # -- generation
+    def generate(self, request: GenerationRequest) -> Completion:
+        params = self.params(request)
+        with self.errors(params["model"]):
+            response = self.client().chat.completions.create(**params)
+            return self._completion(response, params["model"])
+
+    async def agenerate(self, request: GenerationRequest) -> Completion:
+        params = self.params(request)
+        with self.errors(params["model"]):
+            response = await self.aclient().chat.completions.create(**params)
+            return self._completion(response, params["model"])
+
+    def stream(self, request: GenerationRequest) -> Iterator[Delta]:
+        params = self.params(request, stream=True)
+        state = _StreamState(self, params["model"])
+        with self.errors(params["model"]):
+            chunks = self.client().chat.completions.create(**params)
+        try:
+            with state.reading():
+                for chunk in chunks:
+                    delta = state.feed(chunk)
+                    if delta is not None:
+                        yield delta
+        finally:
+            chunks.close()
+        yield state.last()
+
+    async def astream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        params = self.params(request, stream=True)
+        state = _StreamState(self, params["model"])
+        with self.errors(params["model"]):
+            chunks = await self.aclient().chat.completions.create(**params)
+        try:
+            with state.reading():
+                async for chunk in chunks:
+                    delta = state.feed(chunk)
+                    if delta is not None:
+                        yield delta
+        finally:
+            await chunks.close()
+        yield state.last()
+
+    # -- structured output
+    def generate_structured(self, request: GenerationRequest, schema: type[M]) -> M:
+        """An instance of the pydantic model `schema`, generated with OpenAI structured outputs.
+
+        The model's JSON schema goes out as ``response_format`` (strict JSON schema); the
+        reply is parsed and validated into `schema`. Refusals and replies cut at max tokens
+        raise `APIError`.
+        """
+        params = self.params(request)
+        with self.errors(params["model"]):
+            response = self.client().chat.completions.parse(response_format=schema, **params)
+            return self._parsed(response, params["model"], schema)
+
+    async def agenerate_structured(self, request: GenerationRequest, schema: type[M]) -> M:
+        """`generate_structured` for asyncio callers."""
+        params = self.params(request)
+        with self.errors(params["model"]):
+            response = await self.aclient().chat.completions.parse(response_format=schema, **params)
+            return self._parsed(response, params["model"], schema)
+
+    def _parsed(self, response: Any, model: str, schema: type[M]) -> M:
+        message = response.choices[0].message
+        if getattr(message, "refusal", None):
+            raise APIError(f"openai: model '{model}' refused the request: {one_line(message.refusal)}", "refused")
+        if message.parsed is None:
+            raise APIError(f"openai: model '{model}' returned no {schema.__name__}", "malformed")
+        return message.parsed
+
+    def api_error(self, exc: BaseException, model: str) -> APIError:
+        if isinstance(exc, openai.LengthFinishReasonError):
+            return APIError(f"openai: the structured reply of model '{model}' was cut at max tokens; raise max_tokens", "cut_off")
+        if isinstance(exc, openai.ContentFilterFinishReasonError):
+            return APIError(f"openai: the structured reply of model '{model}' was stopped by the content filter", "refused")
+        if type(exc).__name__ == "ValidationError" and not hasattr(exc, "status_code"):
+            return APIError(f"openai: the reply of model '{model}' does not fit the requested schema: {one_line(exc, 160)}", "malformed")
+        return super().api_error(exc, model)
+
+    def count_tokens(self, text: str) -> int:
+        raise APIError("openai: the OpenAI API has no token-counting endpoint for chat models; use a tokenizer", "unsupported")
+
+
+class _StreamState:
+    """Follows a stream of chunks: text so far, finish reason, usage; checks it completed."""
+
+    def __init__(self, backend: OpenAIBackend, model: str) -> None:
+        self.backend, self.model = backend, model
+        self.chars = 0
+        self.finish: str | None = None
+        self.usage: Usage | None = None
+        self.refusal = ""
+        self.served_model: str | None = None
+        self.chunks = 0
+
+    def reading(self) -> Any:
+        from contextlib import contextmanager
+
+        @contextmanager
+        def guard() -> Iterator[None]:
+            try:
+                yield
+            except APIError:
+                raise
+            except Exception as exc:
+                error = self.backend.api_error(exc, self.model)
+                if self.chars or self.finish or error.kind in ("connection", "malformed", "timeout"):
+                    raise self.backend.cut_off(self.model, self.chars, stream_failure(exc)) from None
+                raise error from None
+
+        return guard()
+
+    def feed(self, chunk: Any) -> Delta | None:
+        self.chunks += 1
+        if chunk.usage is not None:
+            self.usage = Usage(chunk.usage.prompt_tokens or 0, chunk.usage.completion_tokens or 0)
+        self.served_model = chunk.model or self.served_model
+        text = ""
+        for choice in chunk.choices or ():
+            delta = choice.delta
+            if delta is not None:
+                if delta.content:
+                    text += delta.content
+                if getattr(delta, "refusal", None):
+                    self.refusal += delta.refusal
+            if choice.finish_reason:
+                self.finish = FINISH.get(choice.finish_reason, choice.finish_reason)
+        if text:
+            self.chars += len(text)
+            return Delta(text=text, model=self.served_model)
+        return None
+
+    def last(self) -> Delta:
+        if self.refusal:
+            raise APIError(f"openai: model '{self.model}' refused the request: {one_line(self.refusal)}", "refused")
+        if self.chunks == 0:
+            raise APIError(f"openai: the server at {self.backend.base_url} answered a stream request with no events (malformed response)", "malformed")
+        if self.finish is None:
+            raise self.backend.cut_off(self.model, self.chars, "it ended without a finish reason")
+        if self.usage is None and self.backend.options.stream_usage:
+            raise self.backend.cut_off(
+                self.model, self.chars,
+                "it ended before its usage report; for a server that never sends one, set the backend option stream_usage=false",
+            )
+        return Delta(text="", finish_reason=self.finish, usage=self.usage, model=self.served_model or self.model)

@@ -1,0 +1,13 @@
+"""Registration only: the `prompt`, `chat`, `logs` and `keys` commands (imported on use)."""
+
+from __future__ import annotations
+
+from rung.hookspecs import hookimpl
+
+
+@hookimpl
+def rung_register_commands(register):
+    register("prompt", impl="rung_prompt.cli:prompt", summary="Send one prompt to a backend and stream the reply.")
+    register("chat", impl="rung_prompt.cli:chat", summary="Chat with a backend in the terminal (Ctrl-D to leave).")
+    register("logs", impl="rung_prompt.cli:logs", summary="List or search the logged prompts and replies.")
+    register("keys", impl="rung_prompt.cli:keys", summary="Store API keys for hosted backends (rung keys set openai).")
