@@ -1,0 +1,281 @@
+"""Finding and loading a transformers model and tokenizer: a local directory or a hub id.
+
+Where the hub cannot be reached (HF_HUB_OFFLINE set, `local_files_only`, or no network) a
+hub id is looked up in the local cache only, and a model that is not there is one
+`RungError` line, found in milliseconds: we never let huggingface_hub retry DNS for ~25 s.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from rung.errors import ConfigError, RungError
+
+_TRUE = {"1", "on", "yes", "true"}
+_PROBE_SECONDS = 3.0
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where to load from: a local directory (`local`) or a hub id to download."""
+
+    path: str  # directory, or hub id
+    local: bool
+    name: str  # what the user wrote, for messages
+
+
+def hub_offline_by_env() -> bool:
+    """True when the environment forbids reaching the hub (HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE)."""
+    return any(os.environ.get(var, "").strip().lower() in _TRUE for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+@lru_cache(maxsize=4)
+def hub_reachable(endpoint: str | None = None) -> bool:
+    """Whether a TCP connection to the hub opens within a few seconds (DNS included)."""
+    if endpoint is None:
+        from huggingface_hub import constants
+
+        endpoint = constants.ENDPOINT
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # a proxy decides; let huggingface_hub try
+    url = urlparse(endpoint)
+    host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
+    if not host:
+        return False
+    answer: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=_PROBE_SECONDS).close()
+            answer.append(True)
+        except OSError:
+            answer.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)  # getaddrinfo has no timeout of its own
+    thread.start()
+    thread.join(_PROBE_SECONDS + 0.5)
+    return bool(answer and answer[0])
+
+
+def _looks_like_path(name: str) -> bool:
+    """Hub ids are `name` or `org/name`; anything else that names a place is a path."""
+    return (name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1
+            or name.endswith("/") or (len(name) > 1 and name[1] == ":"))
+
+
+def resolve(name: str, *, field: str, what: str = "model", revision: str | None = None,
+            local_files_only: bool = False, marker: str = "config.json") -> Source:
+    """A directory or hub id as a Source; offline, the cached snapshot or one clear error."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return Source(str(path), True, name)
+    if path.is_file() and what == "tokenizer":
+        return Source(str(path), True, name)
+    if _looks_like_path(name) or path.exists():
+        raise ConfigError(f"{field}: directory '{name}' does not exist")
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise ConfigError(f"{field}: '{name}' is neither a directory nor a hub id like 'org/name'") from None
+
+    reason = None
+    if local_files_only:
+        reason = f"{field.rsplit('.', 1)[0]}.local_files_only is set"
+    elif hub_offline_by_env():
+        reason = "HF_HUB_OFFLINE is set"
+    elif not hub_reachable():
+        reason = None  # plainly unreachable
+    else:
+        return Source(name, False, name)
+    cached = cached_snapshot(name, revision, marker)
+    if cached is None:
+        why = f" ({reason})" if reason else ""
+        raise RungError(
+            f"{what} '{name}' is not in the local cache and the hub cannot be reached{why}; "
+            f"download it where there is a network or set {field} to a local directory"
+        )
+    return Source(cached, True, name)
+
+
+def cached_snapshot(repo_id: str, revision: str | None, marker: str) -> str | None:
+    """The local snapshot folder of `repo_id` in the hub cache, if `marker` was downloaded."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in (marker, "config.json", "tokenizer_config.json", "tokenizer.json"):
+        try:
+            found = try_to_load_from_cache(repo_id, filename, revision=revision)
+        except Exception:  # a malformed cache is the same as no cache
+            found = None
+        if isinstance(found, str):
+            return str(Path(found).parent)
+    return None
+
+
+def one_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def load_error(what: str, source: Source, field: str, exc: BaseException) -> RungError:
+    """The RungError for a failed from_pretrained: one line that says what to do."""
+    text = str(exc)
+    if "trust_remote_code" in text:
+        return RungError(
+            f"{what} '{source.name}' needs its repository's own Python code; set "
+            f"{field.rsplit('.', 1)[0]}.trust_remote_code: true if you trust it"
+        )
+    name = type(exc).__name__
+    if name in ("RepositoryNotFoundError", "GatedRepoError") or "is not a local folder and is not a valid model" in text:
+        return RungError(
+            f"{what} '{source.name}' was not found on the hub (a private or gated repository needs "
+            f"`hf auth login` or HF_TOKEN); or set {field} to a local directory"
+        )
+    if name == "RevisionNotFoundError":
+        return RungError(f"{what} '{source.name}': revision not found on the hub ({one_line(exc)})")
+    if source.local and not Path(source.path).is_dir():
+        return RungError(f"cannot load {what} '{source.name}': {one_line(exc)}")
+    if not source.local and ("couldn't connect" in text.lower() or "connection" in text.lower()):
+        return RungError(
+            f"{what} '{source.name}' could not be downloaded (the hub did not answer); download it "
+            f"where there is a network or set {field} to a local directory"
+        )
+    return RungError(f"cannot load {what} '{source.name}': {one_line(exc)}")
+
+
+def _debug() -> bool:
+    return bool(os.environ.get("RUNG_DEBUG"))
+
+
+def check_model_dir(directory: str, field: str) -> None:
+    """A model directory must hold config.json and safetensors weights (never pickle)."""
+    folder = Path(directory)
+    if not (folder / "config.json").is_file():
+        raise RungError(f"{field}: '{directory}' has no config.json; is it a Hugging Face model directory?")
+    if any(folder.glob("*.safetensors")) or (folder / "model.safetensors.index.json").is_file():
+        return
+    if any(folder.glob("*.bin")) or any(folder.glob("*.pt")) or any(folder.glob("*.pth")):
+        raise RungError(
+            f"{field}: '{directory}' holds pickle weights (*.bin) only; rung loads safetensors only: "
+            f"convert them once where you trust the file (model.save_pretrained writes safetensors)"
+        )
+    raise RungError(f"{field}: '{directory}' holds no *.safetensors weights")
+
+
+# ------------------------------------------------------------------ devices and dtypes
+
+
+def resolve_device(requested: str) -> Any:
+    """`auto`: this process's GPU under torchrun, else cuda, else mps, else cpu."""
+    import torch
+
+    name = str(requested or "auto").strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            name = "cuda"
+        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            name = "mps"
+        else:
+            name = "cpu"
+    if name == "cuda" and torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"backend.device: '{requested}' asked for, but torch sees no CUDA GPU")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"backend.device: '{requested}' is not a torch device (auto, cpu, cuda, cuda:1, mps)") from None
+
+
+def resolve_dtype(dtype: str, device: Any, device_map: Any) -> Any:
+    """The dtype to load weights in: `auto` is float32 on the CPU, the checkpoint's on GPUs."""
+    import torch
+
+    if dtype == "auto":
+        if device_map is None and device.type == "cpu":
+            return torch.float32
+        return "auto"
+    return getattr(torch, dtype)
+
+
+# ------------------------------------------------------------------ loading
+
+
+def load_model(options: Any) -> tuple[Any, Any, Source]:
+    """(model, device, source) for HFOptions: weights from safetensors, eval mode, on device."""
+    source = resolve(options.model, field="backend.model", revision=options.revision,
+                     local_files_only=options.local_files_only)
+    if source.local:
+        check_model_dir(source.path, "backend.model")
+    device = resolve_device(options.device)
+    dtype = resolve_dtype(options.dtype, device, options.device_map)
+    kwargs: dict[str, Any] = dict(
+        dtype=dtype,
+        trust_remote_code=options.trust_remote_code,
+        use_safetensors=True,
+    )
+    if options.revision and not source.local:
+        kwargs["revision"] = options.revision
+    if source.local:
+        kwargs["local_files_only"] = True
+    if options.device_map is not None:
+        kwargs["device_map"] = options.device_map
+    if options.attn_implementation:
+        kwargs["attn_implementation"] = options.attn_implementation
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
+    except Exception as exc:  # one line for the user, whatever transformers raised
+        if _debug():
+            raise
+        raise load_error("model", source, "backend.model", exc) from None
+    if options.device_map is None:
+        model.to(device)
+    else:
+        device = next(model.parameters()).device
+    model.eval()
+    return model, device, source
+
+
+def load_tokenizer(name: str, *, field: str, revision: str | None = None, trust_remote_code: bool = False,
+                   local_files_only: bool = False) -> Any:
+    """A transformers tokenizer from a directory, a tokenizer.json file, or a hub id."""
+    source = resolve(name, field=field, what="tokenizer", revision=revision,
+                     local_files_only=local_files_only, marker="tokenizer_config.json")
+    path = Path(source.path)
+    try:
+        if source.local and path.is_file():
+            return _from_tokenizer_json(path)
+        if source.local and not (path / "tokenizer_config.json").is_file() and (path / "tokenizer.json").is_file():
+            return _from_tokenizer_json(path / "tokenizer.json")
+        if source.local and not any(path.glob("tokenizer*")) and not (path / "vocab.json").is_file():
+            raise RungError(f"{field}: '{name}' holds no tokenizer (tokenizer.json or tokenizer_config.json)")
+        from transformers import AutoTokenizer
+
+        kwargs: dict[str, Any] = dict(trust_remote_code=trust_remote_code)
+        if revision and not source.local:
+            kwargs["revision"] = revision
+        if source.local:
+            kwargs["local_files_only"] = True
+        return AutoTokenizer.from_pretrained(source.path, **kwargs)
+    except RungError:
+        raise
+    except Exception as exc:
+        if _debug():
+            raise
+        raise load_error("tokenizer", source, field, exc) from None
+
+
+def _from_tokenizer_json(file: Path) -> Any:
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_file=str(file))
