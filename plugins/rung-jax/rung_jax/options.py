@@ -42,5 +42,6 @@ class JaxOptions(LocalModelOptions):
 
     mesh: MeshOptions = Field(default_factory=MeshOptions)
     distributed: DistributedOptions = Field(default_factory=DistributedOptions)
-    seed: int = Field(0, description="seed of a new model's initial weights")
-    max_new_tokens: int = Field(256, ge=1, description="default max_tokens of a generation request")
+    max_tokens: int = Field(256, ge=1, description="default new tokens per request")
+    temperature: float = Field(0.0, ge=0, description="default sampling temperature; 0: greedy")
+    seed: int = Field(0, description="seed of the weights of a new model")
