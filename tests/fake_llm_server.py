@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+TEST_KEY = "sk-test-S3CRET-key-0123456789"
 KNOWN_MODELS = {"gpt-4o-mini", "gpt-test", "claude-test", "claude-haiku-4-5"}
 
 
@@ -61,6 +62,9 @@ class _State:
     stall_s: float = 2.0
     max_requests: int = 10_000
     chunk_delay_s: float = 0.0
+    response_delay_s: float = 0.0
+    in_flight: int = 0
+    max_in_flight: int = 0
     faults: deque = field(default_factory=deque)
     replies: deque = field(default_factory=deque)
     requests: list = field(default_factory=list)
@@ -132,6 +136,10 @@ class FakeLLMServer:
             self.state.faults.clear()
             self.state.replies.clear()
             self.state.requests.clear()
+            self.state.max_in_flight = 0
+            defaults = _State()
+            for name in ("context_words", "stall_s", "chunk_delay_s", "response_delay_s", "max_requests"):
+                setattr(self.state, name, getattr(defaults, name))
 
     @property
     def requests(self) -> list[Recorded]:
@@ -233,6 +241,18 @@ class _Handler(BaseHTTPRequestHandler):
             rec.status = 503
             self._send_json(503, {"error": {"message": "fake server request limit reached", "type": "server_error"}})
             return
+        with state.lock:
+            state.in_flight += 1
+            state.max_in_flight = max(state.max_in_flight, state.in_flight)
+        try:
+            if state.response_delay_s:
+                time.sleep(state.response_delay_s)
+            self._route(body, fault, fixed, rec)
+        finally:
+            with state.lock:
+                state.in_flight -= 1
+
+    def _route(self, body: dict, fault: str | None, fixed: str | None, rec: Recorded) -> None:
         path = self.path.split("?")[0].rstrip("/")
         if path == "/v1/chat/completions":
             self._openai(body, fault, fixed, rec)

@@ -236,6 +236,9 @@ class HostedBackend(BaseBackend):
             detail = one_line(self._scrub(str(cause))) if cause else "connection error"
             return make(f"{p}: cannot reach {url}{after}: {detail}", "connection")
         if status == 401 or isinstance(exc, sdk.AuthenticationError):
+            if self._key.value is None:
+                tried = ", ".join(x for x in ("the api_key option", f"${self.options.api_key_env}" if self.options.api_key_env else "", f"the key store ('{self.options.key_name}')" if self.options.key_name else "") if x)
+                return make(f"{p}: {url} wants an API key (401) and none was found (tried {tried}); run `rung keys set {self.options.key_name or p}`", "auth")
             return make(f"{p}: the API key was refused (401) by {url}; the key came from {self._key.source}: check it, or run `rung keys set {self.options.key_name or p}`", "auth")
         if status == 403:
             if _REFUSED.search(code + " " + server_message):
