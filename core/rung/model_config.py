@@ -98,6 +98,10 @@ class ModelConfig(Options):
             "torch_dtype": "float32",
         }
 
+    def to_dict(self) -> dict[str, Any]:
+        """The Hugging Face config as a dict: what peft and other HF tools read from `model.config`."""
+        return self.to_hf()
+
     @classmethod
     def from_hf(cls, hf: dict[str, Any]) -> "ModelConfig":
         rope = hf.get("rope_theta") or (hf.get("rope_parameters") or {}).get("rope_theta", 10000.0)
