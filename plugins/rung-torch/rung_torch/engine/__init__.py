@@ -1,0 +1,9 @@
+"""rung-torch's training engine: the loop, optimizer, checkpoints, distribution and metrics.
+
+`TorchEngine(model, options)` is what `TorchBackend.engine()` returns; trainers call
+`engine.fit(objective, batches, training_options, run, evaluate=None)`.
+"""
+
+from rung_torch.engine.loop import TorchEngine
+
+__all__ = ["TorchEngine"]

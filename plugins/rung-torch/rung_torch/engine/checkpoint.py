@@ -1,0 +1,321 @@
+"""Checkpoints that survive a kill at any moment, with no pickle anywhere.
+
+Layout under `run.output_dir/checkpoints/`:
+
+    latest                    one line, the name of the newest complete checkpoint
+    step-00000100/
+        model.safetensors     the model's full state dict
+        optimizer.safetensors optimizer state tensors, flattened: state.<param>.<name>
+        rng.safetensors       torch CPU/CUDA generator states (uint8), one set per rank
+        state.json            step, schedule, optimizer hyperparameters and scalars, python and
+                              numpy RNG states, the batch stream's position, metrics, file sizes
+
+A checkpoint is written into `.tmp-step-...` beside its final place, every file fsynced,
+then renamed into place (atomic on POSIX), then `latest` is replaced atomically. A kill
+during a save leaves at worst a temp folder that resume ignores and the next save deletes.
+`state.json` is written last and lists every file with its size: a folder is "complete"
+only when it parses and every file has that size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rung.errors import RungError
+
+FORMAT = "rung-torch-checkpoint/1"
+STATE_FILE = "state.json"
+LATEST = "latest"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+# ----------------------------------------------------------------- flattening without pickle
+
+
+def flatten_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A torch optimizer state dict as (tensors for safetensors, the rest as JSON)."""
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    keys = list(state_dict.get("state", {}))
+    for key, entry in state_dict.get("state", {}).items():
+        for name, value in entry.items():
+            if torch.is_tensor(value):
+                tensors[f"state.{key}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(key), {})[name] = _jsonable(value)
+    meta = {
+        "keys": [str(k) for k in keys],
+        "int_keys": all(isinstance(k, int) for k in keys),
+        "scalars": scalars,
+        "param_groups": [_jsonable(group) for group in state_dict.get("param_groups", [])],
+    }
+    return tensors, meta
+
+
+def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of `flatten_optimizer`."""
+    convert = int if meta.get("int_keys") else str
+    state: dict[Any, dict[str, Any]] = {convert(k): {} for k in meta.get("keys", [])}
+    for flat, tensor in tensors.items():
+        key, name = flat[len("state."):].rsplit(".", 1)
+        state.setdefault(convert(key), {})[name] = tensor
+    for key, values in meta.get("scalars", {}).items():
+        state.setdefault(convert(key), {}).update(values)
+    groups = []
+    for group in meta.get("param_groups", []):
+        group = dict(group)
+        if "betas" in group:
+            group["betas"] = tuple(group["betas"])
+        if meta.get("int_keys"):
+            group["params"] = [int(p) for p in group["params"]]
+        groups.append(group)
+    return {"state": state, "param_groups": groups}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if torch.is_tensor(value):
+        return value.item() if value.numel() == 1 else value.tolist()
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return value.tolist()
+    return value
+
+
+def unshare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU, contiguous, and no two entries sharing memory (safetensors refuses tied weights)."""
+    seen: set[tuple[int, int]] = set()
+    out = {}
+    for name, tensor in tensors.items():
+        tensor = tensor.detach().cpu().contiguous()
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        if key in seen:
+            tensor = tensor.clone()
+        seen.add(key)
+        out[name] = tensor
+    return out
+
+
+# ----------------------------------------------------------------- RNG states
+
+
+def rng_state(device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """This process's RNG states: torch generators as uint8 tensors, python/numpy as JSON."""
+    import random
+
+    import numpy as np
+
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        tensors["torch_cuda"] = torch.cuda.get_rng_state(device)
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    json_state = {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+    }
+    return tensors, json_state
+
+
+def set_rng_state(tensors: dict[str, torch.Tensor], json_state: dict[str, Any], device: torch.device) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(tensors["torch_cpu"])
+    if device.type == "cuda" and "torch_cuda" in tensors:
+        torch.cuda.set_rng_state(tensors["torch_cuda"], device)
+    version, internal, gauss = json_state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = json_state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+# ----------------------------------------------------------------- files, atomically
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` so that a reader sees the old content or the new, never half."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+class CheckpointDir:
+    """The `checkpoints/` folder of a run: save, find the latest complete one, prune."""
+
+    def __init__(self, root: str | Path, keep: int = 2) -> None:
+        self.root = Path(root)
+        self.keep = max(1, keep)
+
+    # -- writing
+
+    def save(
+        self,
+        step: int,
+        tensors: dict[str, dict[str, torch.Tensor]],
+        state: dict[str, Any],
+    ) -> Path:
+        """Write one checkpoint atomically and point `latest` at it; returns its folder.
+
+        `tensors` maps a file stem ("model", "optimizer", "rng") to its tensors; `state` is
+        the JSON part. Older checkpoints beyond `keep` and stale temp folders are removed.
+        """
+        from safetensors.torch import save_file
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        final = self.root / step_dir_name(step)
+        tmp = self.root / f".tmp-{final.name}-{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        files: dict[str, int] = {}
+        for stem, group in tensors.items():
+            path = tmp / f"{stem}.safetensors"
+            save_file(unshare(group), str(path), metadata={"format": FORMAT})
+            _fsync_file(path)
+            files[path.name] = path.stat().st_size
+        body = {"format": FORMAT, "step": step, "files": files, **state}
+        with open(tmp / STATE_FILE, "w", encoding="utf-8") as f:
+            json.dump(body, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_dir(tmp)
+        if final.exists():  # a checkpoint of the same step (e.g. re-saved after a resume)
+            old = self.root / f".old-{final.name}-{os.getpid()}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync_dir(self.root)
+        write_text_atomic(self.root / LATEST, final.name + "\n")
+        self.prune()
+        return final
+
+    def prune(self) -> None:
+        """Keep the newest `keep` complete checkpoints; drop temp folders of dead saves."""
+        complete = self.complete_steps()
+        for path in complete[self.keep:]:
+            shutil.rmtree(path, ignore_errors=True)
+        for stale in self.root.glob(".tmp-step-*"):
+            if not stale.name.endswith(f"-{os.getpid()}"):
+                shutil.rmtree(stale, ignore_errors=True)
+        for stale in self.root.glob(".old-step-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+    # -- reading
+
+    def complete_steps(self) -> list[Path]:
+        """Complete checkpoint folders, newest first."""
+        if not self.root.is_dir():
+            return []
+        found = []
+        for path in self.root.iterdir():
+            match = _STEP_DIR.match(path.name)
+            if match and path.is_dir() and is_complete(path):
+                found.append((int(match.group(1)), path))
+        return [path for _, path in sorted(found, reverse=True)]
+
+    def latest(self) -> Path | None:
+        """The newest complete checkpoint: `latest` when it points at one, else a scan."""
+        pointer = self.root / LATEST
+        try:
+            name = pointer.read_text(encoding="utf-8").strip()
+        except OSError:
+            name = ""
+        candidates = self.complete_steps()
+        if name and _STEP_DIR.match(name) and is_complete(self.root / name):
+            chosen = self.root / name
+            # A newer complete one can exist if a kill came between rename and pointer update.
+            if candidates and step_of(candidates[0]) > step_of(chosen):
+                return candidates[0]
+            return chosen
+        return candidates[0] if candidates else None
+
+
+def step_of(path: Path) -> int:
+    match = _STEP_DIR.match(Path(path).name)
+    return int(match.group(1)) if match else -1
+
+
+def read_state(path: str | Path) -> dict[str, Any]:
+    with open(Path(path) / STATE_FILE, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def is_complete(path: str | Path) -> bool:
+    """True when `state.json` parses and every file it lists is there with its size."""
+    path = Path(path)
+    try:
+        state = read_state(path)
+        if state.get("format") != FORMAT:
+            return False
+        return all((path / name).stat().st_size == size for name, size in state["files"].items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def load_tensors(path: str | Path, stem: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    file = Path(path) / f"{stem}.safetensors"
+    if not file.exists():
+        return {}
+    return load_file(str(file), device="cpu")
+
+
+def find_checkpoint(resume: str, default_root: Path) -> Path | None:
+    """The checkpoint `resume` names: "auto" (latest under `default_root`), "never", or a path.
+
+    A path may be a checkpoint folder, a `checkpoints/` folder or a run folder.
+    """
+    if resume == "never":
+        return None
+    if resume == "auto":
+        return CheckpointDir(default_root).latest()
+    path = Path(resume).expanduser()
+    if (path / STATE_FILE).exists():
+        if not is_complete(path):
+            raise RungError(f"trainer.resume: checkpoint {path} is incomplete or unreadable")
+        return path
+    for root in (path, path / "checkpoints"):
+        found = CheckpointDir(root).latest() if root.is_dir() else None
+        if found is not None:
+            return found
+    raise RungError(f"trainer.resume: no complete checkpoint at {path}")

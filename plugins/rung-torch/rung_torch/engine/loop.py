@@ -1,0 +1,402 @@
+"""`TorchEngine`: the training loop every torch trainer (pretrain, sft, lora, rlhf) runs on."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from rung.errors import RungError
+from rung.records import TrainResult
+from rung_torch.engine import checkpoint as ckpt
+from rung_torch.engine import distributed as dist_
+from rung_torch.engine.metrics import (
+    Throughput,
+    device_peak_flops,
+    flops_per_token,
+    mfu,
+    peak_memory_mb,
+    unwrap,
+)
+from rung_torch.engine.optim import CosineSchedule, build_optimizer
+from rung_torch.engine.precision import Precision, resolve_device, resolve_precision
+
+
+class TorchEngine:
+    """Trains a `torch.nn.Module` with an objective: `engine.fit(objective, batches, options, run)`.
+
+    `options` are the backend's options (`TorchOptions` or any `LocalModelOptions`): `device`,
+    `precision` (auto/fp32/bf16/fp16), `compile`, `activation_checkpointing`, and, when present,
+    `distributed` (auto/ddp/fsdp/none). `device` and `precision` arguments override them.
+    Under `torchrun` the engine joins the process group when it is built, so `rank` and
+    `world_size` are known before the trainer builds its batch stream.
+    """
+
+    framework = "torch"
+
+    def __init__(self, model: nn.Module, options: Any = None, device: Any = None, precision: str | None = None):
+        self.options = options
+        self.device = resolve_device(device if device is not None else getattr(options, "device", "auto"))
+        self.rank, self.world_size = dist_.init(self.device)
+        self.precision = Precision(
+            resolve_precision(precision or getattr(options, "precision", "auto"), self.device), self.device
+        )
+        self.compile = bool(getattr(options, "compile", False))
+        self.activation_checkpointing = bool(getattr(options, "activation_checkpointing", False))
+        self.strategy = dist_.strategy(getattr(options, "distributed", "auto"), self.world_size)
+        self.model = model
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def fit(self, objective, batches, options, run, evaluate=None) -> TrainResult:
+        """Train `options.steps` optimizer steps of `objective`, resuming as `options.resume` says."""
+        return _Fit(self, objective, batches, options, run, evaluate).run()
+
+    # ------------------------------------------------------------------ helpers for _Fit
+
+    def prepare_model(self) -> nn.Module:
+        """Move to the device, fp32 trainable weights, checkpointing, wrap, compile."""
+        model = self.model
+        if _device_of(model) != self.device:
+            model.to(self.device)
+        with torch.no_grad():
+            for p in model.parameters():
+                # Mixed precision keeps master weights in fp32; frozen weights stay as loaded.
+                if p.requires_grad and p.is_floating_point() and p.dtype in (torch.float16, torch.bfloat16):
+                    p.data = p.data.float()
+        if self.activation_checkpointing:
+            enable_activation_checkpointing(model)
+        model.train()
+        if self.compile and self.strategy != "fsdp":
+            model.compile()
+        wrapped = dist_.wrap(model, self.strategy, self.device)
+        if self.compile and self.strategy == "fsdp":
+            model.compile()
+        return wrapped
+
+
+class _Fit:
+    """One call of `TorchEngine.fit`: the state of a training run."""
+
+    def __init__(self, engine: TorchEngine, objective, batches, options, run, evaluate) -> None:
+        self.engine, self.objective, self.batches = engine, objective, batches
+        self.opts, self.run_, self.evaluate = options, run, evaluate
+        self.device, self.rank, self.world = engine.device, engine.rank, engine.world_size
+        self.checkpoints = ckpt.CheckpointDir(Path(run.output_dir) / "checkpoints", options.keep_checkpoints)
+        self.last_checkpoint: str | None = None
+        self.metrics: dict[str, float] = {}
+        self.final_loss: float | None = None
+        self.tokens_seen = 0
+
+    # ------------------------------------------------------------------ setup
+
+    def run(self) -> TrainResult:
+        opts, engine = self.opts, self.engine
+        seed_everything(int(getattr(self.run_.config, "seed", 0) or 0))
+        self.module = engine.prepare_model()
+        self.params = [p for p in engine.model.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(engine.model, opts, self.device)
+        self.schedule = CosineSchedule.from_options(opts)
+        self.scaler = engine.precision.scaler()
+        step = self.resume()
+        if step >= opts.steps:
+            return self.result(step)
+        seq_len = None
+        flops_token: float | None = None
+        peak = device_peak_flops(self.device, engine.precision.name)
+        throughput = Throughput()
+        accum = opts.grad_accum_steps
+        ddp = engine.strategy == "ddp"
+        with _progress(engine.is_main, opts.steps, step) as bar:
+            while step < opts.steps:
+                started = time.perf_counter()
+                lr = self.schedule.apply(self.optimizer, step)
+                loss_sum = torch.zeros((), device=self.device, dtype=torch.float32)
+                extra: dict[str, Any] = {}
+                tokens = 0
+                for micro in range(accum):
+                    batch = to_device(next(self.batches), self.device)
+                    ids = batch.get("input_ids")
+                    if torch.is_tensor(ids):
+                        tokens += ids.numel()
+                        seq_len = ids.shape[-1]
+                    last = micro == accum - 1
+                    no_sync = self.module.no_sync() if ddp and not last else contextlib.nullcontext()
+                    with no_sync:
+                        with engine.precision.autocast():
+                            loss, metrics = self.objective(self.module, batch)
+                        loss = loss.float()
+                        scaled = loss / accum
+                        (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+                    loss_sum += loss.detach()
+                    for key, value in (metrics or {}).items():
+                        value = value.detach().float() if torch.is_tensor(value) else float(value)
+                        extra[key] = extra.get(key, 0.0) + value
+                stats = torch.stack([loss_sum / accum, torch.tensor(float(tokens), device=self.device)])
+                stats = dist_.all_sum(stats.double())
+                loss_value = float(stats[0]) / self.world
+                step_tokens = int(stats[1])
+                if not math.isfinite(loss_value):
+                    self.stop("loss", loss_value, step + 1)
+                grad_norm = self.clip()
+                if not math.isfinite(grad_norm) and self.scaler is None:
+                    self.stop("gradient norm", grad_norm, step + 1)
+                if self.scaler is not None:
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                else:
+                    self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                step += 1
+                self.final_loss = loss_value
+                self.tokens_seen += step_tokens
+                throughput.add(step_tokens, time.perf_counter() - started)
+
+                logged: dict[str, float] = {}
+                if step % opts.log_every == 0 or step == opts.steps:
+                    if flops_token is None and seq_len:
+                        flops_token = flops_per_token(engine.model, seq_len)
+                    n_tokens, seconds = throughput.take()
+                    tps = n_tokens / seconds if seconds > 0 else 0.0
+                    logged = {"loss": loss_value, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tps}
+                    util = mfu(tps, flops_token or 0.0, peak, self.world)
+                    if util is not None:
+                        logged["mfu"] = util
+                    logged["peak_mem_mb"] = peak_memory_mb(self.device)
+                    logged["tokens"] = float(self.tokens_seen)
+                    for key, value in extra.items():
+                        logged[key] = float(value) / accum
+                if self.evaluate is not None and (
+                    (opts.eval_every and step % opts.eval_every == 0) or step == opts.steps
+                ):
+                    logged.update(self.run_evaluate())
+                if logged:
+                    self.metrics.update(logged)
+                    if engine.is_main:
+                        self.run_.log(step, logged)
+                if engine.is_main:
+                    bar.update(completed=step, info=f"loss {loss_value:.4f}")
+                if (opts.save_every and step % opts.save_every == 0) or step == opts.steps:
+                    self.save(step)
+        return self.result(step)
+
+    def clip(self) -> float:
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        max_norm = self.opts.grad_clip if self.opts.grad_clip else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm, foreach=True)
+        if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor
+            norm = norm.full_tensor()
+        return float(norm)
+
+    def stop(self, what: str, value: float, step: int) -> None:
+        where = (f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint
+                 else "no checkpoint was written")
+        raise RungError(f"{what} became {value} at step {step}; {where}")
+
+    def run_evaluate(self) -> dict[str, float]:
+        model = self.engine.model
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), self.engine.precision.autocast():
+                out = self.evaluate(model) or {}
+        finally:
+            model.train(was_training)
+        return {key: float(value) for key, value in out.items()}
+
+    def result(self, step: int) -> TrainResult:
+        metrics = {k: float(v) for k, v in self.metrics.items() if isinstance(v, (int, float))}
+        return TrainResult(steps=step, output_dir=str(self.run_.output_dir), final_loss=self.final_loss,
+                           metrics=metrics, checkpoint=self.last_checkpoint)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save(self, step: int) -> None:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        finite = torch.tensor(
+            [float(all(bool(torch.isfinite(_local(p)).all()) for p in self.params))], device=self.device
+        )
+        if float(dist_.all_sum(finite)) < self.world:
+            self.stop("a weight", float("nan"), step)
+        full = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model_sd = get_model_state_dict(self.module, options=full)
+        optim_sd = get_optimizer_state_dict(self.module, self.optimizer, options=full)
+        rng_tensors, rng_json = ckpt.rng_state(self.device)
+        per_rank = dist_.all_gather_json(
+            {"rng": rng_json, "rng_tensors": {k: v.tolist() for k, v in rng_tensors.items()},
+             "data": self.batches.state_dict()}
+        )
+        path = self.checkpoints.root / ckpt.step_dir_name(step)
+        if self.engine.is_main:
+            optim_tensors, optim_meta = ckpt.flatten_optimizer(optim_sd)
+            rng_out = {
+                f"rank{r}.{name}": torch.tensor(values, dtype=torch.uint8)
+                for r, item in enumerate(per_rank)
+                for name, values in item["rng_tensors"].items()
+            }
+            state = {
+                "world_size": self.world,
+                "precision": self.engine.precision.name,
+                "schedule": self.schedule.state_dict(),
+                "optimizer": optim_meta,
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "rng": [item["rng"] for item in per_rank],
+                "data": [item["data"] for item in per_rank],
+                "tokens_seen": self.tokens_seen,
+                "final_loss": self.final_loss,
+                "metrics": self.metrics,
+            }
+            path = self.checkpoints.save(
+                step, {"model": model_sd, "optimizer": optim_tensors, "rng": rng_out}, state
+            )
+            self.run_.checkpointed(step, path)
+        self.last_checkpoint = str(path)
+        dist_.barrier()
+
+    def resume(self) -> int:
+        """Load the checkpoint `options.resume` names; returns the step to continue from."""
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        found = None
+        if self.engine.is_main:
+            found = ckpt.find_checkpoint(str(self.opts.resume), self.checkpoints.root)
+        found = dist_.broadcast_json(str(found) if found else None)
+        if found is None:
+            return 0
+        path = Path(found)
+        state = ckpt.read_state(path)
+        if state.get("world_size", 1) != self.world:
+            raise RungError(
+                f"checkpoint {path} was written by {state.get('world_size')} processes and this run has "
+                f"{self.world}; resume with the same number (torchrun --nproc_per_node) or resume: never"
+            )
+        full = StateDictOptions(full_state_dict=True)
+        set_model_state_dict(self.module, ckpt.load_tensors(path, "model"), options=full)
+        optim_sd = ckpt.unflatten_optimizer(ckpt.load_tensors(path, "optimizer"), state["optimizer"])
+        set_optimizer_state_dict(self.module, self.optimizer, optim_sd, options=full)
+        self.schedule.load_state_dict(state.get("schedule", {}))
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        rng = ckpt.load_tensors(path, "rng")
+        prefix = f"rank{self.rank}."
+        mine = {k[len(prefix):]: v for k, v in rng.items() if k.startswith(prefix)}
+        ckpt.set_rng_state(mine, state["rng"][self.rank], self.device)
+        self.batches.load_state_dict(state["data"][self.rank])
+        self.tokens_seen = int(state.get("tokens_seen", 0))
+        self.final_loss = state.get("final_loss")
+        self.metrics = dict(state.get("metrics") or {})
+        self.last_checkpoint = str(path)
+        if self.engine.is_main:
+            from rung.console import get_console
+
+            get_console().print(f"resuming from {path} (step {state['step']})", highlight=False, markup=False)
+        return int(state["step"])
+
+
+# ---------------------------------------------------------------------- free helpers
+
+
+def seed_everything(seed: int) -> None:
+    """torch (CPU and CUDA), numpy and python `random` from one seed."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    """numpy arrays and tensors of `batch` on `device`; anything else as it is."""
+    out = {}
+    for key, value in batch.items():
+        if isinstance(value, np.ndarray):
+            value = torch.from_numpy(np.ascontiguousarray(value))
+        if torch.is_tensor(value):
+            value = value.to(device, non_blocking=device.type == "cuda")
+        out[key] = value
+    return out
+
+
+def enable_activation_checkpointing(model: nn.Module) -> None:
+    """Recompute each transformer block's activations in the backward pass.
+
+    rung models have an `activation_checkpointing` switch; transformers models (also inside
+    peft) have `gradient_checkpointing_enable`; any other model with a `layers` ModuleList
+    gets each block's forward wrapped in `torch.utils.checkpoint`.
+    """
+    inner = unwrap(model)
+    switched = False
+    for module in inner.modules():
+        if "activation_checkpointing" in vars(module):
+            module.activation_checkpointing = True
+            switched = True
+    if switched:
+        return
+    enable = getattr(inner, "gradient_checkpointing_enable", None)
+    if callable(enable):
+        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return
+    from torch.utils.checkpoint import checkpoint
+
+    for layer in dist_.transformer_layers(inner):
+        if getattr(layer, "_rung_checkpointed", False):
+            continue
+        forward = layer.forward
+
+        def checkpointed(*args, _forward=forward, **kwargs):
+            if torch.is_grad_enabled():
+                return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+            return _forward(*args, **kwargs)
+
+        layer.forward = checkpointed
+        layer._rung_checkpointed = True
+
+
+def _device_of(model: nn.Module) -> torch.device | None:
+    for p in model.parameters():
+        return p.device
+    return None
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
+class _NoBar:
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def advance(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool, total: int, start: int):
+    if not enabled:
+        yield _NoBar()
+        return
+    from rung.console import progress
+
+    with progress(total, "training", unit="steps") as bar:
+        bar.update(completed=start)
+        yield bar
