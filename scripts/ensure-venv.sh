@@ -18,13 +18,19 @@ if [ -f "$venv/.rung-stamp" ] && [ "$(cat "$venv/.rung-stamp")" = "$want" ]; the
   exit 0
 fi
 
-echo "setting up $venv (first run; later runs skip this)" >&2
+echo "setting up $venv: installing rung and its plugins (first run, ~2 minutes; later runs skip this)" >&2
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
-"$venv/bin/python" -m pip install -q --upgrade pip "setuptools>=68" wheel
+log="$venv/install.log"
+install() {
+  "$venv/bin/python" -m pip install --disable-pip-version-check "$@" >>"$log" 2>&1 || {
+    tail -n 30 "$log" >&2; echo "installing into $venv failed; the whole log is $log" >&2; exit 1; }
+}
+: > "$log"
+install -q --upgrade pip "setuptools>=68" wheel
 targets=(-e "$root[test]")
 for plugin in "$root"/plugins/*/; do
   [ -f "$plugin/pyproject.toml" ] && targets+=(-e "$plugin")
 done
 # constraints.txt pins what CI tests (torch 2.13.0 is a CPU wheel on the CI disk).
-"$venv/bin/python" -m pip install -q --no-build-isolation -c "$root/constraints.txt" "${targets[@]}"
+install -q --no-build-isolation -c "$root/constraints.txt" "${targets[@]}"
 echo "$want" > "$venv/.rung-stamp"
