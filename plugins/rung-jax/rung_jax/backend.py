@@ -1,0 +1,184 @@
+"""The `jax` backend: rung's Llama-style model in Flax NNX, for generation and training."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from rung.errors import ConfigError, RungError
+from rung.interfaces import BaseBackend, Capabilities, Tokenizer
+from rung.records import Completion, Delta, GenerationRequest, Usage
+from rung_jax.options import JaxOptions
+
+
+class JaxBackend(BaseBackend):
+    """Holds a `rung_jax.model.Llama` (`.model`, an NNX module), its tokenizer and device mesh.
+
+    `options.model` is a preset (a new model, vocabulary from the tokenizer) or a checkpoint
+    directory (safetensors + config.json: rung's, from either framework, or a Hugging Face
+    Llama), which also brings its tokenizer when it holds one.
+    """
+
+    framework = "jax"
+    capabilities = Capabilities(chat=True, streaming=True, trainable=True)
+
+    def __init__(self, options: JaxOptions | None = None, tokenizer: Tokenizer | None = None, **_: Any) -> None:
+        from rung_jax import runtime
+
+        self.options = options if options is not None else JaxOptions()
+        runtime.initialize_distributed(self.options.distributed)  # before anything touches a device
+        import jax
+
+        devices = runtime.select_devices(self.options.device)
+        self.mesh = runtime.make_mesh(self.options.mesh, devices)
+        platform = devices[0].platform
+        self.precision = runtime.resolve_precision(self.options.precision, platform, "train")
+        self.decode_precision = runtime.resolve_precision(self.options.precision, platform, "decode")
+        source = Path(self.options.model)
+        if source.is_dir():
+            if tokenizer is None:
+                tokenizer = load_checkpoint_tokenizer(source)
+            from rung_jax.weights import load_model
+
+            with jax.default_device(devices[0]):
+                model = load_model(source)
+            self.name = source.name
+        else:
+            if tokenizer is None:
+                raise ConfigError(f"backend 'jax': model '{self.options.model}' is a preset and needs a "
+                                  "tokenizer (add a 'tokenizer' section, or pass tokenizer=)")
+            try:
+                config = self.options.resolve_architecture(vocab_size=tokenizer.vocab_size)
+            except ValueError as exc:
+                raise ConfigError(f"backend.model: {exc}") from None
+            from rung_jax.model import init_model
+
+            with jax.default_device(devices[0]):
+                model = init_model(config, seed=self.options.seed)
+            self.name = self.options.model
+        if tokenizer is not None and tokenizer.vocab_size > model.arch.vocab_size:
+            raise ConfigError(f"backend 'jax': the tokenizer has {tokenizer.vocab_size} tokens but the "
+                              f"model's vocabulary is {model.arch.vocab_size}")
+        self.tokenizer = tokenizer
+        self.model = model
+
+    # -- what trainers use
+
+    @property
+    def config(self):
+        """The architecture (`rung.model_config.ModelConfig`) of the model."""
+        return self.model.config
+
+    def engine(self):
+        """The training loop; it reads `self.model` when `fit` starts (add LoRA adapters first)."""
+        from rung_jax.engine import JaxEngine
+
+        return JaxEngine(self, self.options, mesh=self.mesh, precision=self.precision)
+
+    def save(self, directory: str | Path) -> None:
+        """Weights (model.safetensors, HF Llama names), config.json and the tokenizer."""
+        from rung_jax.weights import save_model
+
+        save_model(self.model, directory)
+        if self.tokenizer is not None:
+            self.tokenizer.save(directory)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._tokenizer().encode(text))
+
+    # -- generation
+
+    def generate(self, request: GenerationRequest) -> Completion:
+        from rung_jax.generation import TextDecoder, generate_ids
+
+        prompt, sampling = self._prepare(request)
+        if sampling.stop:  # stop strings are watched token by token: stop as soon as one appears
+            text, finish, usage = "", None, None
+            for delta in self.stream(request):
+                text += delta.text
+                finish, usage = delta.finish_reason or finish, delta.usage or usage
+            return Completion(text, finish or "length", usage or Usage(len(prompt), 0), self.name)
+        decoder = TextDecoder(self._tokenizer(), sampling, len(prompt), incremental=False)
+        for token in generate_ids(self.model, prompt, sampling, self._decode_dtype()):
+            decoder.push(token)
+            if decoder.done:
+                break
+        decoder.finish("length")
+        return Completion(decoder.text, decoder.finish_reason or "length", _usage(decoder), self.name)
+
+    def stream(self, request: GenerationRequest) -> Iterator[Delta]:
+        from rung_jax.generation import TextDecoder, stream_ids
+
+        prompt, sampling = self._prepare(request)
+        decoder = TextDecoder(self._tokenizer(), sampling, len(prompt), incremental=True)
+        for token in stream_ids(self.model, prompt, sampling, self._decode_dtype()):
+            text = decoder.push(token)
+            if decoder.done:
+                break
+            if text:
+                yield Delta(text, model=self.name)
+        text = decoder.finish("length")
+        yield Delta(text, decoder.finish_reason, _usage(decoder), self.name)
+
+    def generate_batch(self, requests: Sequence[GenerationRequest], max_concurrency: int = 8) -> list[Completion]:
+        """One request at a time: each decode loop already uses every core."""
+        return [self.generate(r) for r in requests]
+
+    def _decode_dtype(self):
+        from rung_jax.runtime import DTYPES
+
+        return DTYPES[self.decode_precision]
+
+    def _prepare(self, request: GenerationRequest):
+        from rung_jax.generation import Sampling
+
+        tokenizer = self._tokenizer()
+        stop_ids = {tokenizer.eos_id} if tokenizer.eos_id is not None else set()
+        if request.messages or request.system:
+            text = tokenizer.apply_chat_template(request.chat(), add_generation_prompt=True)
+            end_of_turn = getattr(tokenizer, "end_of_turn_id", None)
+            if end_of_turn is not None:
+                stop_ids.add(end_of_turn)
+        else:
+            text = request.prompt or ""
+        ids = tokenizer.encode(text)
+        if not ids and tokenizer.bos_id is not None:
+            ids = [tokenizer.bos_id]
+        opts = self.options
+        max_tokens = request.max_tokens if request.max_tokens is not None else opts.max_tokens
+        if max_tokens < 1:
+            raise RungError(f"max_tokens must be at least 1, got {max_tokens}")
+        temperature = request.temperature if request.temperature is not None else opts.temperature
+        if request.top_k is not None and request.top_k < 1:
+            raise RungError(f"top_k must be at least 1, got {request.top_k}")
+        if request.top_p is not None and not 0 < request.top_p <= 1:
+            raise RungError(f"top_p must be in (0, 1], got {request.top_p}")
+        sampling = Sampling(max_tokens=max_tokens, temperature=float(temperature or 0.0), top_k=request.top_k,
+                            top_p=request.top_p, seed=request.seed, stop=tuple(s for s in request.stop if s),
+                            stop_ids=frozenset(stop_ids))
+        return ids, sampling
+
+    def _tokenizer(self) -> Tokenizer:
+        if self.tokenizer is None:
+            raise RungError("backend 'jax' has no tokenizer: give the run a 'tokenizer' section")
+        return self.tokenizer
+
+    def __repr__(self) -> str:
+        return f"JaxBackend(model={self.name!r}, mesh={dict(self.mesh.shape)}, precision={self.precision})"
+
+
+def _usage(decoder) -> Usage:
+    return Usage(prompt_tokens=decoder.prompt_tokens, completion_tokens=decoder.generated)
+
+
+def load_checkpoint_tokenizer(directory: Path) -> Tokenizer:
+    """The tokenizer saved in a checkpoint folder (rung-tokenizers' tokenizer.json)."""
+    if (directory / "tokenizer.json").is_file():
+        try:
+            from rung_tokenizers import load_tokenizer
+        except ImportError:
+            raise ConfigError(f"backend 'jax': {directory} holds a tokenizer.json; install rung-tokenizers "
+                              "to read it, or add a 'tokenizer' section") from None
+        return load_tokenizer(directory)
+    raise ConfigError(f"backend 'jax': {directory} holds no tokenizer (tokenizer.json): add a 'tokenizer' section")

@@ -1,0 +1,207 @@
+"""Generation for the JAX model: a KV cache, and the whole decode loop inside one `jit`.
+
+`generate_ids` runs prefill and a `lax.while_loop` of single-token steps in one compiled
+function (stopping at a stop token or `max_tokens`); `stream_ids` runs a jitted prefill then
+one jitted step per token so text can be shown as it comes (also used when stop strings must
+be watched). Shapes are bucketed (prompt and cache lengths rounded up to powers of two) so a
+handful of compilations serve every request. Sampling (greedy, temperature, top-k, top-p)
+takes traced values: changing them never recompiles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rung.errors import RungError
+
+MAX_STOP_IDS = 4
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How one request is decoded."""
+
+    max_tokens: int
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_ids: frozenset[int] = field(default_factory=frozenset)
+
+    @property
+    def greedy(self) -> bool:
+        return not self.temperature or self.temperature <= 0 or self.top_k == 1
+
+
+def choose(logits: jax.Array, key: jax.Array, temperature, top_k, top_p) -> jax.Array:
+    """The next token from logits [V]: greedy when temperature <= 0, else sampled."""
+    logits = logits.astype(jnp.float32)
+    greedy = jnp.argmax(logits).astype(jnp.int32)
+    vocab = logits.shape[-1]
+    scores = logits / jnp.maximum(temperature, 1e-6)
+    ordered = jnp.sort(scores)[::-1]
+    k = jnp.where(top_k > 0, jnp.minimum(top_k, vocab), vocab)
+    scores = jnp.where(scores < ordered[k - 1], -jnp.inf, scores)
+    ordered = jnp.where(jnp.arange(vocab) < k, ordered, -jnp.inf)
+    probs = jax.nn.softmax(ordered)
+    keep = (jnp.cumsum(probs) - probs) < top_p  # the smallest set reaching top_p, first always
+    threshold = jnp.min(jnp.where(keep, ordered, jnp.inf))
+    scores = jnp.where(scores < threshold, -jnp.inf, scores)
+    sampled = jax.random.categorical(key, scores).astype(jnp.int32)
+    return jnp.where((temperature <= 0) | (top_k == 1), greedy, sampled)
+
+
+def _bucket(n: int, floor: int = 16) -> int:
+    return max(floor, 1 << max(0, (n - 1).bit_length()))
+
+
+@lru_cache(maxsize=32)
+def _programs(graphdef: Any, prompt_len: int, cache_len: int):
+    """Compiled prefill, step and whole-loop functions for one (model structure, shapes)."""
+
+    def prefill(state, prompt, n_prompt, key, temperature, top_k, top_p):
+        model = nnx.merge(graphdef, state)
+        cache = model.init_cache(1, cache_len)
+        logits, cache = model.decode(prompt, cache, 0)
+        key, sub = jax.random.split(key)
+        token = choose(logits[0, n_prompt - 1], sub, temperature, top_k, top_p)
+        return token, cache, key
+
+    def step(state, token, cache, index, key, temperature, top_k, top_p):
+        model = nnx.merge(graphdef, state)
+        logits, cache = model.decode(token.reshape(1, 1), cache, index)
+        key, sub = jax.random.split(key)
+        return choose(logits[0, -1], sub, temperature, top_k, top_p), cache, key
+
+    def whole(state, prompt, n_prompt, max_new, stop_ids, key, temperature, top_k, top_p):
+        token, cache, key = prefill(state, prompt, n_prompt, key, temperature, top_k, top_p)
+        out = jnp.zeros((cache_len,), jnp.int32).at[0].set(token)
+
+        def cond(carry):
+            i, token, _, _, _ = carry
+            return (i < max_new) & ~jnp.any(token == stop_ids)
+
+        def body(carry):
+            i, token, cache, key, out = carry
+            token, cache, key = step(state, token, cache, n_prompt + i - 1, key, temperature, top_k, top_p)
+            return i + 1, token, cache, key, out.at[i].set(token)
+
+        count, _, _, _, out = jax.lax.while_loop(cond, body, (jnp.int32(1), token, cache, key, out))
+        return out, count
+
+    return jax.jit(prefill), jax.jit(step, donate_argnums=(2,)), jax.jit(whole)
+
+
+class TextDecoder:
+    """Tokens in, text deltas out: never half a UTF-8 character, never part of a stop string."""
+
+    def __init__(self, tokenizer: Any, sampling: Sampling, prompt_tokens: int, incremental: bool) -> None:
+        self.tokenizer, self.sampling, self.prompt_tokens = tokenizer, sampling, prompt_tokens
+        self.incremental = incremental or bool(sampling.stop)
+        self.ids: list[int] = []
+        self.generated = 0  # tokens the model produced, a stopping one included
+        self.text = ""
+        self.emitted = 0
+        self.finish_reason: str | None = None
+        self._longest_stop = max((len(s) for s in sampling.stop), default=0)
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    def push(self, token: int) -> str:
+        self.generated += 1
+        if token in self.sampling.stop_ids:
+            return self.finish("stop")
+        self.ids.append(token)
+        if self.incremental:
+            previous = len(self.text)
+            text = self.tokenizer.decode(self.ids)
+            if self.sampling.stop:
+                start = max(0, min(previous, len(text)) - self._longest_stop)
+                cut = min((i for s in self.sampling.stop if (i := text.find(s, start)) >= 0), default=-1)
+                if cut >= 0:
+                    self.text = text[:cut]
+                    return self.finish("stop")
+            self.text = text
+        if self.generated >= self.sampling.max_tokens:
+            return self.finish("length")
+        return self._safe_delta() if self.incremental else ""
+
+    def finish(self, reason: str) -> str:
+        if self.finish_reason is None:
+            self.finish_reason = reason
+            if not self.incremental:
+                self.text = self.tokenizer.decode(self.ids) if self.ids else ""
+        delta = self.text[self.emitted:]
+        self.emitted = len(self.text)
+        return delta
+
+    def _safe_delta(self) -> str:
+        text, end = self.text, len(self.text)
+        while end > self.emitted and text[end - 1] == "\ufffd":
+            end -= 1
+        for stop in self.sampling.stop:
+            for n in range(min(len(stop) - 1, end - self.emitted), 0, -1):
+                if text.endswith(stop[:n], 0, end):
+                    end -= n
+                    break
+        if end <= self.emitted:
+            return ""
+        delta = text[self.emitted:end]
+        self.emitted = end
+        return delta
+
+
+def _setup(model: nnx.Module, prompt: Sequence[int], sampling: Sampling, dtype: Any):
+    context = model.arch.max_seq_len
+    n = len(prompt)
+    if n == 0:
+        raise RungError("the prompt encodes to no tokens: give some text to continue")
+    if n > context:
+        raise RungError(f"the prompt is {n} tokens long, more than the model's context of {context} tokens")
+    max_new = max(1, min(sampling.max_tokens, context - n + 1))
+    prompt_len = min(_bucket(n), context)
+    cache_len = min(_bucket(n + max_new), context)
+    graphdef, state = nnx.split(model)
+    if dtype is not None and dtype != jnp.float32:
+        state = jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, state)
+    padded = np.zeros((1, prompt_len), np.int32)
+    padded[0, :n] = prompt
+    seed = sampling.seed if sampling.seed is not None else int(np.random.SeedSequence().entropy % 2**31)
+    knobs = (jnp.float32(sampling.temperature or 0.0), jnp.int32(sampling.top_k or 0),
+             jnp.float32(sampling.top_p if sampling.top_p is not None else 1.0))
+    return graphdef, state, padded, n, max_new, prompt_len, cache_len, jax.random.key(seed), knobs
+
+
+def generate_ids(model: nnx.Module, prompt: Sequence[int], sampling: Sampling, dtype: Any = None) -> list[int]:
+    """Every token of one completion (a final stop token included), decoded inside one jit."""
+    graphdef, state, padded, n, max_new, p_len, c_len, key, knobs = _setup(model, prompt, sampling, dtype)
+    _, _, whole = _programs(graphdef, p_len, c_len)
+    stops = np.full((MAX_STOP_IDS,), -1, np.int32)
+    ids = sorted(sampling.stop_ids)[:MAX_STOP_IDS]
+    stops[: len(ids)] = ids
+    out, count = whole(state, padded, jnp.int32(n), jnp.int32(max_new), stops, key, *knobs)
+    return np.asarray(out)[: int(count)].tolist()
+
+
+def stream_ids(model: nnx.Module, prompt: Sequence[int], sampling: Sampling, dtype: Any = None) -> Iterator[int]:
+    """The tokens of one completion one at a time (jitted prefill, then one jitted step each)."""
+    graphdef, state, padded, n, max_new, p_len, c_len, key, knobs = _setup(model, prompt, sampling, dtype)
+    prefill, step, _ = _programs(graphdef, p_len, c_len)
+    token, cache, key = prefill(state, padded, jnp.int32(n), key, *knobs)
+    for i in range(1, max_new + 1):
+        value = int(token)
+        yield value
+        if i == max_new or value in sampling.stop_ids:
+            return
+        token, cache, key = step(state, token, cache, jnp.int32(n + i - 1), key, *knobs)
