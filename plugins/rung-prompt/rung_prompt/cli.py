@@ -264,35 +264,38 @@ def chat(backend: str | None, model: str | None, config: str | None, options: tu
     history: list[Message] = []
     if tty:
         click.echo(f"chatting with {target.name} {target.model or ''} (Ctrl-D or /exit to leave, /reset to start over)", err=True)
-    for line in _lines(tty):
-        command = line.strip()
-        if not command:
-            continue
-        if command in ("/exit", "/quit"):
-            break
-        if command == "/reset":
-            history.clear()
-            click.echo("(conversation cleared)", err=True)
-            continue
-        history.append(Message("user", line))
-        request = GenerationRequest(messages=tuple(history), system=system, **sampling)
-        try:
-            reply = run_request(target, request, stream=True)
-        except KeyboardInterrupt:
-            history.pop()
-            _write("\n")
-            click.echo("(reply stopped)", err=True)
-            continue
-        except RungError as exc:
-            history.pop()
-            if not tty:
-                raise
-            click.echo(f"rung: error: {exc}", err=True)
-            continue
-        history.append(Message("assistant", reply.text))
-        _note(reply, target, verbose)
-        if not no_log:
-            _log(target, sampling, line, system, reply, conversation=conversation)
+    try:
+        for line in _lines(tty):
+            command = line.strip()
+            if not command:
+                continue
+            if command in ("/exit", "/quit"):
+                break
+            if command == "/reset":
+                history.clear()
+                click.echo("(conversation cleared)", err=True)
+                continue
+            history.append(Message("user", line))
+            request = GenerationRequest(messages=tuple(history), system=system, **sampling)
+            try:
+                reply = run_request(target, request, stream=True)
+            except KeyboardInterrupt:
+                history.pop()
+                _write("\n")
+                click.echo("(reply stopped)", err=True)
+                continue
+            except RungError as exc:
+                history.pop()
+                if not tty:
+                    raise
+                click.echo(f"rung: error: {exc}", err=True)
+                continue
+            history.append(Message("assistant", reply.text))
+            _note(reply, target, verbose)
+            if not no_log:
+                _log(target, sampling, line, system, reply, conversation=conversation)
+    except KeyboardInterrupt:  # Ctrl-C between replies: leave, as at the prompt
+        pass
     if tty:
         click.echo("", err=True)
 
