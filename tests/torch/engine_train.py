@@ -32,8 +32,6 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32")
     args = parser.parse_args()
 
-    from rung_torch.engine import TorchEngine
-
     hang_in_save = os.environ.get("ENGINE_TEST_HANG_IN_SAVE")
     if hang_in_save:
         # Stop inside the save of step N, after its tensors are written and before state.json,
@@ -51,21 +49,31 @@ def main() -> None:
 
         checkpoint._fsync_file = hanging_fsync
 
-    engine = TorchEngine(sup.make_model(0), sup.backend_options(precision=args.precision,
-                                                               distributed=args.distributed))
+    strategies = args.distributed.split(",")
+    for strategy in strategies:
+        # Several strategies (e.g. "ddp,fsdp"): one after the other in the same processes,
+        # each from a fresh model, into OUT/<strategy>.
+        out = Path(args.out) / strategy if len(strategies) > 1 else Path(args.out)
+        train(args, strategy, out)
+
+
+def train(args, strategy: str, out: Path) -> None:
+    from rung_torch.engine import TorchEngine
+
+    engine = TorchEngine(sup.make_model(0), sup.backend_options(precision=args.precision, distributed=strategy))
     batches = sup.CountingTokens(args.global_batch, rank=engine.rank, world_size=engine.world_size)
     options = sup.training_options(steps=args.steps, batch_size=args.global_batch // engine.world_size,
                                    grad_accum_steps=args.accum, save_every=args.save_every,
                                    resume=args.resume)
-    run = sup.make_run(args.out, sinks=("console", "jsonl") if engine.rank == 0 else ())
+    run = sup.make_run(out, sinks=("console", "jsonl") if engine.rank == 0 else ())
     try:
         result = engine.fit(sup.objective, batches, options, run)
     finally:
         run.close()
     if engine.rank == 0:
-        Path(args.out, "result.json").write_text(json.dumps(
+        (out / "result.json").write_text(json.dumps(
             {"steps": result.steps, "final_loss": result.final_loss, "checkpoint": result.checkpoint,
-             "world_size": engine.world_size}))
+             "world_size": engine.world_size, "strategy": engine.strategy}))
 
 
 if __name__ == "__main__":

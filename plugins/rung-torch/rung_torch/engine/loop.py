@@ -225,20 +225,12 @@ class _Fit:
     # ------------------------------------------------------------------ checkpoints
 
     def save(self, step: int) -> None:
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            get_model_state_dict,
-            get_optimizer_state_dict,
-        )
-
         finite = torch.tensor(
             [float(all(bool(torch.isfinite(_local(p)).all()) for p in self.params))], device=self.device
         )
         if float(dist_.all_sum(finite)) < self.world:
             self.stop("a weight", float("nan"), step)
-        full = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        model_sd = get_model_state_dict(self.module, options=full)
-        optim_sd = get_optimizer_state_dict(self.module, self.optimizer, options=full)
+        model_sd, optim_sd = full_state(self.module, self.optimizer, self.engine.strategy == "fsdp")
         rng_tensors, rng_json = ckpt.rng_state(self.device)
         per_rank = dist_.all_gather_json(
             {"rng": rng_json, "rng_tensors": {k: v.tolist() for k, v in rng_tensors.items()},
@@ -273,12 +265,6 @@ class _Fit:
 
     def resume(self) -> int:
         """Load the checkpoint `options.resume` names; returns the step to continue from."""
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            set_model_state_dict,
-            set_optimizer_state_dict,
-        )
-
         found = None
         if self.engine.is_main:
             found = ckpt.find_checkpoint(str(self.opts.resume), self.checkpoints.root)
@@ -292,10 +278,9 @@ class _Fit:
                 f"checkpoint {path} was written by {state.get('world_size')} processes and this run has "
                 f"{self.world}; resume with the same number (torchrun --nproc_per_node) or resume: never"
             )
-        full = StateDictOptions(full_state_dict=True)
-        set_model_state_dict(self.module, ckpt.load_tensors(path, "model"), options=full)
         optim_sd = ckpt.unflatten_optimizer(ckpt.load_tensors(path, "optimizer"), state["optimizer"])
-        set_optimizer_state_dict(self.module, self.optimizer, optim_sd, options=full)
+        load_full_state(self.module, self.optimizer, ckpt.load_tensors(path, "model"), optim_sd,
+                        self.engine.strategy == "fsdp")
         self.schedule.load_state_dict(state.get("schedule", {}))
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -313,6 +298,74 @@ class _Fit:
 
             get_console().print(f"resuming from {path} (step {state['step']})", highlight=False, markup=False)
         return int(state["step"])
+
+
+# ---------------------------------------------------------------------- state dicts
+
+
+def full_state(module: nn.Module, optimizer: torch.optim.Optimizer, sharded: bool):
+    """The whole model's and optimizer's state, keyed by parameter names, on the CPU.
+
+    FSDP2 gathers shards with torch.distributed.checkpoint (collective: every rank calls);
+    otherwise plain `state_dict()`s, the optimizer's integer keys renamed to parameter names.
+    """
+    if sharded:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        full = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return (get_model_state_dict(module, options=full),
+                get_optimizer_state_dict(module, optimizer, options=full))
+    model = unwrap(module)
+    index_to_name = _optimizer_names(model, optimizer)
+    optim_sd = optimizer.state_dict()
+    optim_sd = {
+        "state": {index_to_name[i]: entry for i, entry in optim_sd["state"].items()},
+        "param_groups": [{**g, "params": [index_to_name[i] for i in g["params"]]} for g in optim_sd["param_groups"]],
+    }
+    return model.state_dict(), optim_sd
+
+
+def load_full_state(module, optimizer, model_sd, optim_sd, sharded: bool) -> None:
+    """The inverse of `full_state`."""
+    if sharded:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        full = StateDictOptions(full_state_dict=True)
+        set_model_state_dict(module, model_sd, options=full)
+        set_optimizer_state_dict(module, optimizer, optim_sd, options=full)
+        return
+    model = unwrap(module)
+    model.load_state_dict(model_sd)
+    name_to_index = {name: i for i, name in _optimizer_names(model, optimizer).items()}
+    missing = [name for group in optim_sd["param_groups"] for name in group["params"] if name not in name_to_index]
+    if missing or len(name_to_index) != sum(len(g["params"]) for g in optim_sd["param_groups"]):
+        raise RungError(
+            "the checkpoint's optimizer state does not match the model's trainable parameters "
+            f"(e.g. {missing[:3] or 'a different count'}); resume: never starts afresh"
+        )
+    optimizer.load_state_dict({
+        "state": {name_to_index[name]: entry for name, entry in optim_sd["state"].items()},
+        "param_groups": [{**g, "params": [name_to_index[n] for n in g["params"]]} for g in optim_sd["param_groups"]],
+    })
+
+
+def _optimizer_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[int, str]:
+    """Optimizer state index -> parameter name (indices count params across groups, in order)."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    out, index = {}, 0
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            out[index] = names[id(p)]
+            index += 1
+    return out
 
 
 # ---------------------------------------------------------------------- free helpers
