@@ -32,5 +32,8 @@ for plugin in "$root"/plugins/*/; do
   [ -f "$plugin/pyproject.toml" ] && targets+=(-e "$plugin")
 done
 # constraints.txt pins what CI tests (torch 2.13.0 is a CPU wheel on the CI disk).
-install -q --no-build-isolation -c "$root/constraints.txt" "${targets[@]}"
+# editable_mode=compat: plain path entries instead of import-hook finders, which cost
+# start-up time for every plugin on every `rung` call.
+install -q --no-build-isolation --config-settings editable_mode=compat \
+  -c "$root/constraints.txt" "${targets[@]}"
 echo "$want" > "$venv/.rung-stamp"

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from types import ModuleType
 from typing import Any
 
@@ -22,7 +21,7 @@ import pluggy
 
 from rung import hookspecs
 from rung.hookspecs import REGISTRATION_HOOKS
-from rung.registry import Descriptor, Registry
+from rung.registry import Descriptor, Registry, import_object
 
 GROUP = "rung"
 CORE_DISTRIBUTION = "rung"
@@ -93,16 +92,15 @@ def load_plugins(extra: list[tuple[str, ModuleType | object]] = ()) -> Plugins:
     warnings: list[str] = []
 
     candidates: list[tuple[str, str, str, Any]] = []
-    for ep in sorted(entry_points(group=GROUP), key=lambda e: (e.dist.name != CORE_DISTRIBUTION, e.dist.name if e.dist else "")):
-        dist_name = ep.dist.name if ep.dist else ep.name
-        if not _wanted(dist_name, ep.name):
+    for found in sorted(find_entry_points(), key=lambda f: (f.dist != CORE_DISTRIBUTION, f.dist)):
+        if not _wanted(found.dist, found.name):
             continue
         try:
-            module = ep.load()
+            module = import_object(found.value)
         except Exception as exc:  # a broken plugin must not break the others
-            warnings.append(f"plugin {dist_name} skipped: {_one_line(exc)}")
+            warnings.append(f"plugin {found.dist} skipped: {_one_line(exc)}")
             continue
-        candidates.append((dist_name, ep.dist.version if ep.dist else "", ep.value, module))
+        candidates.append((found.dist, found.version, found.value, module))
     for name, module in extra:
         candidates.append((name, "", getattr(module, "__name__", repr(module)), module))
 
@@ -127,6 +125,79 @@ def load_plugins(extra: list[tuple[str, ModuleType | object]] = ()) -> Plugins:
 
     warnings.extend(registry.problems)
     return Plugins(manager, registry, loaded, warnings)
+
+
+@dataclass(frozen=True)
+class FoundEntryPoint:
+    dist: str  # the distribution's name as its metadata spells it, e.g. "rung-openai"
+    version: str
+    name: str
+    value: str  # "package.module" or "package.module:attr"
+
+
+def find_entry_points(group: str = GROUP) -> list[FoundEntryPoint]:
+    """Entry points of `group` from every distribution on sys.path, first one of a name wins.
+
+    `importlib.metadata.entry_points()` parses the METADATA of every installed distribution
+    (~60 ms with a hundred of them); this reads only `entry_points.txt` files, and METADATA
+    only for the distributions that have a `[rung]` section.
+    """
+    found: list[FoundEntryPoint] = []
+    seen: set[str] = set()
+    for entry in sys.path:
+        try:
+            names = os.listdir(entry or ".")
+        except OSError:
+            continue
+        for folder in names:
+            if not folder.endswith((".dist-info", ".egg-info")):
+                continue
+            key = folder.rpartition(".")[0].split("-")[0].lower().replace("_", "-").replace(".", "-")
+            if key in seen:
+                continue
+            seen.add(key)
+            base = os.path.join(entry, folder)
+            try:
+                with open(os.path.join(base, "entry_points.txt"), encoding="utf-8") as f:
+                    text = f.read()
+            except OSError:
+                continue
+            if f"[{group}]" not in text:
+                continue
+            dist, version = _name_and_version(base, key)
+            for ep_name, value in _section(text, group):
+                found.append(FoundEntryPoint(dist, version, ep_name, value))
+    return found
+
+
+def _section(text: str, group: str) -> list[tuple[str, str]]:
+    items, inside = [], False
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("["):
+            inside = line == f"[{group}]"
+        elif inside and "=" in line and not line.startswith(("#", ";")):
+            name, _, value = line.partition("=")
+            items.append((name.strip(), value.strip()))
+    return items
+
+
+def _name_and_version(base: str, fallback: str) -> tuple[str, str]:
+    name, version = fallback, ""
+    for filename in ("METADATA", "PKG-INFO"):
+        try:
+            with open(os.path.join(base, filename), encoding="utf-8") as f:
+                for line in f:
+                    if line.startswith("Name:"):
+                        name = line[5:].strip()
+                    elif line.startswith("Version:"):
+                        version = line[8:].strip()
+                    elif not line.strip():
+                        break  # headers end at the first blank line
+            break
+        except OSError:
+            continue
+    return name, version
 
 
 def _one_line(exc: BaseException) -> str:
