@@ -82,6 +82,7 @@ class SFTOptions(TrainingOptions):
     eval_data: dict[str, Any] | None = Field(
         None, description="a data-source section ({name: chat_jsonl, path: ...}) for held-out examples"
     )
+    eval_on_start: bool = Field(True, description="evaluate once before the first step (the 'before' figures)")
     eval_batches: int | None = Field(None, ge=1, description="at most this many held-out batches per eval")
     eval_metric: str | None = Field(
         None, description="a reward function (e.g. exact_match) scored on generations for held-out prompts"

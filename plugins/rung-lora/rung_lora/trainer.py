@@ -116,6 +116,10 @@ class SFTTrainer:
                           max_new_tokens=opts.max_new_tokens, max_length=max_length,
                           batch_size=max(opts.batch_size, 32))
 
+    def _resuming(self, run: Run) -> bool:
+        folder = run.output_dir / "checkpoints"
+        return self.options.resume != "never" and folder.is_dir() and any(folder.iterdir())
+
     def train(self, run: Run) -> TrainResult:
         from rung_lora.torch_ops import Evaluator, sft_objective
 
@@ -154,6 +158,8 @@ class SFTTrainer:
         if held.rows or task is not None:
             self.evaluator = evaluate = Evaluator(held.rows, opts.batch_size, pad_id, opts.pad_to_multiple_of,
                                                   opts.eval_batches, task)
+        if evaluate is not None and opts.eval_on_start and rank == 0 and not self._resuming(run):
+            run.log(0, evaluate(backend.model))
         result = engine.fit(sft_objective, stream, opts, run, evaluate)
         if rank == 0:
             self.save(run, backend, tokenizer)
