@@ -84,7 +84,7 @@ class FakeLLMServer:
 
         Handler.state = state
         Handler.record = rec
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = _Server(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -160,6 +160,12 @@ class FakeLLMServer:
 # ------------------------------------------------------------------------------ handler
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError, OSError)):
+            super().handle_error(request, client_address)  # a bug in the fake server: show it
+
+
 def _words(text: str) -> list[str]:
     return text.split()
 
@@ -180,6 +186,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         pass
+
+    def setup(self) -> None:
+        super().setup()
+        # Send each small SSE chunk at once, as real servers do (no Nagle + delayed-ACK stalls).
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     # -- plumbing
     def _send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:

@@ -168,3 +168,9 @@ def test_keys_from_env_and_store_and_a_wrong_key_never_shows(server, monkeypatch
         backend.generate(GenerationRequest(prompt="x"))
     for text in (str(info.value), repr(info.value), repr(backend), repr(backend.options), str(vars(backend))):
         assert wrong not in text and "WRONG-secret" not in text
+
+
+def test_a_base_url_with_v1_gets_a_hint(server):
+    backend = rung.backend("anthropic", model="claude-test", api_key=KEY, base_url=server.url + "/v1", max_retries=0)
+    with pytest.raises(APIError, match=r"not found \(404\).*has no /v1"):
+        backend.generate(GenerationRequest(prompt="x"))

@@ -206,3 +206,10 @@ def test_a_wrong_key_never_shows_even_when_the_server_echoes_it(server):
 def test_count_tokens_says_it_cannot(server):
     with pytest.raises(APIError, match="no token-counting"):
         make(server).count_tokens("hello")
+
+
+def test_a_base_url_without_v1_gets_a_hint(server):
+    backend = rung.backend("openai", model="gpt-test", api_key=KEY, base_url=server.url, max_retries=0)
+    with pytest.raises(APIError, match=r"not found \(404\).*usually ends in /v1") as info:
+        backend.generate(GenerationRequest(prompt="x"))
+    assert info.value.kind == "not_found"

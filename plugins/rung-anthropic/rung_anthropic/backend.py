@@ -44,6 +44,7 @@ class AnthropicBackend(HostedBackend):
 
     provider = "anthropic"
     default_base_url = "https://api.anthropic.com"
+    base_url_env = "ANTHROPIC_BASE_URL"
     base_url_hint = "Anthropic's base_url has no /v1"
     capabilities = Capabilities(chat=True, streaming=True, structured_output=True)
 
@@ -62,8 +63,8 @@ class AnthropicBackend(HostedBackend):
     def _sdk_client(self, async_: bool) -> Any:
         o = self.options
         kwargs: dict[str, Any] = {"api_key": self._secret(), "timeout": o.timeout, "max_retries": o.max_retries}
-        if o.base_url:
-            kwargs["base_url"] = o.base_url
+        if self.base_url != self.default_base_url:
+            kwargs["base_url"] = self.base_url
         if o.api_version:
             kwargs["default_headers"] = {"anthropic-version": o.api_version}
         return (anthropic.AsyncAnthropic if async_ else anthropic.Anthropic)(**kwargs)

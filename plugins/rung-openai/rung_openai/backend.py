@@ -34,6 +34,7 @@ class OpenAIBackend(HostedBackend):
 
     provider = "openai"
     default_base_url = "https://api.openai.com/v1"
+    base_url_env = "OPENAI_BASE_URL"
     base_url_hint = "an OpenAI-compatible base_url usually ends in /v1"
     capabilities = Capabilities(chat=True, streaming=True, structured_output=True)
 
@@ -43,7 +44,7 @@ class OpenAIBackend(HostedBackend):
         super().__init__(options, tokenizer)
         field = options.max_tokens_field
         if field == "auto":
-            field = "max_tokens" if options.base_url else "max_completion_tokens"
+            field = "max_tokens" if self.base_url != self.default_base_url else "max_completion_tokens"
         self._max_field = field
 
     # -- plumbing
@@ -58,8 +59,8 @@ class OpenAIBackend(HostedBackend):
             "timeout": o.timeout,
             "max_retries": o.max_retries,
         }
-        if o.base_url:
-            kwargs["base_url"] = o.base_url
+        if self.base_url != self.default_base_url:
+            kwargs["base_url"] = self.base_url
         if o.organization:
             kwargs["organization"] = o.organization
         return (openai.AsyncOpenAI if async_ else openai.OpenAI)(**kwargs)

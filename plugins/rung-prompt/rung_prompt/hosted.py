@@ -91,6 +91,7 @@ class HostedBackend(BaseBackend):
 
     provider = "hosted"
     default_base_url = ""
+    base_url_env = ""  # the SDK's own environment variable for the base URL
     base_url_hint = ""
 
     def __init__(self, options: Any, tokenizer: Any = None) -> None:
@@ -109,11 +110,13 @@ class HostedBackend(BaseBackend):
 
     def _key_optional(self) -> bool:
         """A local server (a base_url of our own) may need no key."""
-        return self.options.base_url is not None
+        return self.base_url != self.default_base_url
 
     @property
     def base_url(self) -> str:
-        return self.options.base_url or self.default_base_url
+        """Where requests go: the base_url option, else the SDK's environment variable, else the API's."""
+        env = os.environ.get(self.base_url_env, "").strip() if self.base_url_env else ""
+        return self.options.base_url or env or self.default_base_url
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self.model!r}, base_url={self.base_url!r})"
