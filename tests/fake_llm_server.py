@@ -166,6 +166,24 @@ class _Server(ThreadingHTTPServer):
             super().handle_error(request, client_address)  # a bug in the fake server: show it
 
 
+def _instance(schema: dict, text: str, defs: dict | None = None) -> Any:
+    """A value that fits a JSON schema (strings are `text`): the model's structured reply."""
+    defs = defs if defs is not None else schema.get("$defs", {})
+    if "$ref" in schema:
+        return _instance(defs[schema["$ref"].split("/")[-1]], text, defs)
+    for key in ("anyOf", "oneOf", "allOf"):
+        if key in schema:
+            return _instance(schema[key][0], text, defs)
+    kind = schema.get("type")
+    if "enum" in schema:
+        return schema["enum"][0]
+    if kind == "object":
+        return {name: _instance(sub, text, defs) for name, sub in schema.get("properties", {}).items()}
+    if kind == "array":
+        return [_instance(schema.get("items", {}), text, defs)]
+    return {"integer": len(text.split()), "number": 1.5, "boolean": True, "null": None}.get(kind, text)
+
+
 def _words(text: str) -> list[str]:
     return text.split()
 
@@ -349,8 +367,9 @@ class _Handler(BaseHTTPRequestHandler):
         stop = body.get("stop") or []
         stop = [stop] if isinstance(stop, str) else stop
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-        if body.get("response_format", {}).get("type") == "json_schema" and fixed is None:
-            fixed = json.dumps({"answer": last_user})
+        response_format = body.get("response_format") or {}
+        if response_format.get("type") == "json_schema" and fixed is None:
+            fixed = json.dumps(_instance(response_format["json_schema"]["schema"], last_user))
         tokens, finish = self._generate(last_user, fixed, max_tokens, stop)
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(tokens), "total_tokens": prompt_tokens + len(tokens)}
         base = {"id": "chatcmpl-fake", "created": int(time.time()), "model": model, "system_fingerprint": "fp_fake"}
@@ -432,7 +451,7 @@ class _Handler(BaseHTTPRequestHandler):
         last_user = next((_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
         fmt = (body.get("output_config") or {}).get("format") or {}
         if fmt.get("type") == "json_schema" and fixed is None:
-            fixed = json.dumps({"answer": last_user})
+            fixed = json.dumps(_instance(fmt["schema"], last_user))
         stop = body.get("stop_sequences") or []
         tokens, finish = self._generate(last_user, fixed, body.get("max_tokens"), stop)
         stop_hit = next((s for s in stop if s and s in ((fixed if fixed is not None else "echo: " + last_user))), None)
