@@ -16,7 +16,7 @@ __all__ = ["PreparedData", "prepare", "open_prepared"]
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from rung_pretrain import prepare as module
+        from rung_pretrain import pipeline as module
 
         return getattr(module, name)
     raise AttributeError(f"module 'rung_pretrain' has no attribute {name!r}")
