@@ -34,7 +34,7 @@ def test_torch_checkpoint_loads_in_jax_with_the_same_logits(tmp_path):
     model = Transformer(config, seed=1).eval()
     save_weights(model, tmp_path)
     jax_model = load_model(tmp_path)
-    assert jax_model.config == config
+    assert jax_model.config.to_hf() == config.to_hf()
     expected = torch_logits(model, IDS)
     got = np.asarray(jax_model(jnp.asarray(IDS)))
     np.testing.assert_allclose(got, expected, atol=ATOL, rtol=RTOL)
@@ -89,7 +89,7 @@ def test_greedy_generation_matches_torch_token_for_token(shared_checkpoint):
     assert got.text == expected.text
     assert got.finish_reason == expected.finish_reason
     assert got.usage == expected.usage
-    assert tokenizer.encode(got.text) == [t for t in jax_ids if t not in sampling.stop_ids][: len(tokenizer.encode(got.text))]
+    assert tokenizer.decode([t for t in jax_ids if t not in sampling.stop_ids]) == got.text
     assert len(set(jax_ids)) > 3  # a varied continuation, not one token repeated
 
 

@@ -112,13 +112,16 @@ class JaxBackend(BaseBackend):
 
         prompt, sampling = self._prepare(request)
         decoder = TextDecoder(self._tokenizer(), sampling, len(prompt), incremental=True)
+        text = ""
         for token in stream_ids(self.model, prompt, sampling, self._decode_dtype()):
             text = decoder.push(token)
             if decoder.done:
                 break
             if text:
                 yield Delta(text, model=self.name)
-        text = decoder.finish("length")
+                text = ""
+        if not decoder.done:  # the context is full
+            text += decoder.finish("length")
         yield Delta(text, decoder.finish_reason, _usage(decoder), self.name)
 
     def generate_batch(self, requests: Sequence[GenerationRequest], max_concurrency: int = 8) -> list[Completion]:

@@ -86,7 +86,7 @@ def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 class Attention(nnx.Module):
     def __init__(self, arch: Arch, rngs: nnx.Rngs):
         d, hd = arch.dim, arch.head_dim
-        out_std = arch.init_std
+        out_std = arch.init_std / (2 * arch.n_layers) ** 0.5  # residual outputs, as GPT-2 and rung-torch
         self.q_proj = _linear(d, arch.n_heads * hd, arch.init_std, rngs)
         self.k_proj = _linear(d, arch.kv_heads * hd, arch.init_std, rngs)
         self.v_proj = _linear(d, arch.kv_heads * hd, arch.init_std, rngs)
@@ -119,7 +119,7 @@ class MLP(nnx.Module):
     def __init__(self, arch: Arch, rngs: nnx.Rngs):
         self.gate_proj = _linear(arch.dim, arch.mlp_dim, arch.init_std, rngs)
         self.up_proj = _linear(arch.dim, arch.mlp_dim, arch.init_std, rngs)
-        self.down_proj = _linear(arch.mlp_dim, arch.dim, arch.init_std, rngs)
+        self.down_proj = _linear(arch.mlp_dim, arch.dim, arch.init_std / (2 * arch.n_layers) ** 0.5, rngs)
 
     def __call__(self, x):
         return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -213,7 +213,8 @@ class Llama(nnx.Module):
 
 
 def init_model(config: ModelConfig, seed: int = 0) -> Llama:
-    """A new model with random weights (normal(init_std), norms at one), fp32 parameters."""
+    """A new model with random weights, fp32: normal(init_std), residual output projections
+    (o_proj, down_proj) scaled by 1/sqrt(2 * layers), norms at one (rung-torch's init)."""
     return Llama(config, rngs=nnx.Rngs(seed))
 
 

@@ -37,12 +37,21 @@ def hf_name(path: tuple[Any, ...]) -> tuple[str, bool]:
     return ".".join(parts), False
 
 
+def host_array(value: jax.Array) -> np.ndarray:
+    """The whole array on this host (gathered from every process when it is sharded across hosts)."""
+    if isinstance(value, jax.Array) and not value.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(value, tiled=True))
+    return np.asarray(jax.device_get(value))
+
+
 def to_hf_tensors(model: nnx.Module) -> dict[str, np.ndarray]:
     """name -> fp32 numpy array (torch layout) of every base parameter."""
     out: dict[str, np.ndarray] = {}
     for path, var in nnx.to_flat_state(base_params(model)):
         name, transpose = hf_name(path)
-        array = np.asarray(jax.device_get(var.get_value()), dtype=np.float32)
+        array = np.asarray(host_array(var.get_value()), dtype=np.float32)
         out[name] = np.ascontiguousarray(array.T if transpose else array)
     return out
 
@@ -55,7 +64,9 @@ def save_model(model: nnx.Module, directory: str | Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     tensors = to_hf_tensors(model)
     if jax.process_index() == 0:
-        save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+        tmp = directory / (WEIGHTS_NAME + ".tmp")
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+        tmp.replace(directory / WEIGHTS_NAME)  # atomic: a reader never sees half a file
         model.config.save(directory)
 
 
@@ -63,7 +74,7 @@ def read_safetensors(directory: str | Path) -> dict[str, np.ndarray]:
     """Every tensor of the checkpoint's safetensors file(s), as fp32 numpy arrays."""
     from safetensors import safe_open
 
-    files = sorted(Path(directory).glob("*.safetensors"))
+    files = sorted(p for p in Path(directory).glob("*.safetensors") if p.name != "adapter_model.safetensors")
     if not files:
         raise RungError(f"no *.safetensors weights in {directory} (rung never loads pickled weights)")
     tensors: dict[str, np.ndarray] = {}
