@@ -96,6 +96,9 @@ def test_a_config_picks_the_backend_and_options_override_it(cli, server, tmp_pat
     proc = cli("prompt", "-c", str(config), "-o", "max_tokens=2", "--no-stream", "one two three")
     assert proc.stdout == "echo: one \n" and "token limit" in proc.stderr
     assert server.requests[-1].path == "/v1/messages" and server.requests[-1].body["max_tokens"] == 2
+    cli("prompt", *cli.openai, "-o", f"api_key={KEY}", "key on the command line", OPENAI_API_KEY="")
+    db = (cli.config_dir / "logs.db").read_bytes()
+    assert b"key on the command line" in db and b"claude-test" in db and KEY.encode() not in db
     shown = cli("config", "show", str(config)).stdout  # the config as rung saves it: no key
     assert "claude-test" in shown and "api_key:" not in shown and KEY not in shown
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from rung.interfaces import Capabilities
 from rung.records import Completion, Delta, GenerationRequest, Usage
 from rung_openai.options import OpenAIOptions
-from rung_prompt.hosted import APIError, HostedBackend, first, one_line, stream_failure
+from rung_prompt.hosted import APIError, HostedBackend, UnsupportedError, first, one_line, stream_failure
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -190,7 +190,7 @@ class OpenAIBackend(HostedBackend):
         return super().api_error(exc, model)
 
     def count_tokens(self, text: str) -> int:
-        raise APIError("openai: the OpenAI API has no token-counting endpoint for chat models; use a tokenizer", "unsupported")
+        raise UnsupportedError("openai: the OpenAI API has no token-counting endpoint for chat models; use a tokenizer")
 
 
 class _StreamState:

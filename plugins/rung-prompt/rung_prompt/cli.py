@@ -210,7 +210,7 @@ def prompt(text: str | None, backend: str | None, model: str | None, config: str
     if text is None or text == "-":
         if sys.stdin.isatty():
             raise click.UsageError("give the prompt: rung prompt \"TEXT\" (or pipe it on stdin)")
-        text = sys.stdin.read()
+        text = sys.stdin.read().rstrip("\n")
     if not text.strip():
         raise click.UsageError("the prompt is empty")
     target = build_target(backend, model, config, options)

@@ -43,6 +43,13 @@ class APIError(RungError):
         self.status = status
 
 
+class UnsupportedError(APIError, NotImplementedError):
+    """The API cannot do what was asked (e.g. count tokens); also a NotImplementedError."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "unsupported")
+
+
 @dataclass(frozen=True)
 class ResolvedKey:
     value: SecretStr | None
