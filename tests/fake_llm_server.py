@@ -20,6 +20,7 @@ Faults are queued with ``server.fault(name, ...)``, each used by one request:
   cut        stream half the reply and drop the connection mid-body (chunked, unterminated)
   cut_clean  stream half the reply, then end the body cleanly without finishing
   malformed  200 with a body that is not JSON
+  error_event  (Anthropic streams) half the reply, then an ``error`` event (overloaded)
   refusal    the model refuses (OpenAI: message.refusal; Anthropic: stop_reason "refusal")
 
 Requests with a wrong key get 401 (the message echoes the key, as some real APIs echo part
@@ -475,7 +476,7 @@ class _Handler(BaseHTTPRequestHandler):
         event("message_start", {"type": "message_start", "message": {**message, "usage": {**usage, "output_tokens": 1}}})
         event("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
         event("ping", {"type": "ping"})
-        cut_at = len(tokens) // 2 if fault in ("cut", "cut_clean") else None
+        cut_at = len(tokens) // 2 if fault in ("cut", "cut_clean", "error_event") else None
         for i, tok in enumerate(tokens):
             if cut_at is not None and i == max(cut_at, 1):
                 break
@@ -483,8 +484,10 @@ class _Handler(BaseHTTPRequestHandler):
         if cut_at is not None:
             if fault == "cut":
                 self._drop()
-            else:
-                self._end_chunks()
+                return
+            if fault == "error_event":
+                event("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+            self._end_chunks()
             return
         event("content_block_stop", {"type": "content_block_stop", "index": 0})
         event("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": stop_hit if stop_reason == "stop_sequence" else None}, "usage": {"output_tokens": len(tokens)}})

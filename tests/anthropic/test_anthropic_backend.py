@@ -124,7 +124,7 @@ def test_a_stall_past_the_timeout_is_retried_then_reported(server):
     assert info.value.kind == "timeout"
 
 
-@pytest.mark.parametrize("fault", ["cut", "cut_clean"])
+@pytest.mark.parametrize("fault", ["cut", "cut_clean", "error_event"])
 def test_a_stream_cut_halfway_raises_instead_of_returning_partial_text(server, fault):
     server.fault(fault)
     seen = []

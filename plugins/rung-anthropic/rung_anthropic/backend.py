@@ -233,6 +233,12 @@ class _StreamState:
         except APIError:
             raise
         except Exception as exc:
+            status = getattr(exc, "status_code", None)
+            if status is not None and status < 400:  # an `error` event in a 200 stream (e.g. overloaded)
+                body = getattr(exc, "body", None)
+                err = body.get("error", {}) if isinstance(body, dict) else {}
+                what = f"{err.get('type', 'error')}: {err.get('message', '')}" if isinstance(err, dict) else one_line(exc)
+                raise self.backend.cut_off(self.model, self.chars, f"the server sent an error event, {one_line(what, 160)}") from None
             error = self.backend.api_error(exc, self.model)
             if error.status is None and (self.chars or error.kind in ("connection", "malformed", "timeout")):
                 raise self.backend.cut_off(self.model, self.chars, stream_failure(exc)) from None
