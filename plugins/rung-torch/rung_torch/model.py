@@ -49,6 +49,7 @@ def rotary_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tens
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate (batch, heads, seq, head_dim) by position; cos/sin broadcast over heads."""
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin
@@ -152,8 +153,7 @@ class Transformer(nn.Module):
         self.config = config
         self.model = Decoder(config)
         self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
-        if config.tie_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
+        self.tie_weights()
         # Rotary tables are recomputed, never saved (transformers does not save them either).
         cos, sin = rotary_tables(config.head_dim, config.max_seq_len, config.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
@@ -179,6 +179,17 @@ class Transformer(nn.Module):
                 p.normal_(0.0, residual_std, generator=generator)
             else:
                 p.normal_(0.0, std, generator=generator)
+
+    def tie_weights(self) -> None:
+        """Share the input embedding with the output head when the config ties them."""
+        if self.config.tie_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def _reset_buffers(self) -> None:
+        """Recompute the rotary tables in place (after `to_empty` from the meta device)."""
+        cos, sin = rotary_tables(self.config.head_dim, self.config.max_seq_len, self.config.rope_theta)
+        self.rope_cos.copy_(cos)
+        self.rope_sin.copy_(sin)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -216,7 +227,6 @@ class Transformer(nn.Module):
         mask = self._mask(attention_mask, T, start) if (attention_mask is not None or (start and T > 1)) else None
 
         x = self.model.embed_tokens(input_ids)
-        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         for i, layer in enumerate(self.model.layers):
             layer_cache = (cache.k[i], cache.v[i]) if cache is not None else None
             if self.activation_checkpointing and self.training and torch.is_grad_enabled():

@@ -1,0 +1,220 @@
+"""The `torch` backend: rung's own model in PyTorch, for generation and training."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rung.errors import ConfigError, RungError
+from rung.interfaces import BaseBackend, Capabilities, Tokenizer
+from rung.records import Completion, Delta, GenerationRequest, Usage
+from rung_torch.device import DTYPES, resolve_device, resolve_precision
+from rung_torch.generate import RowDecoder, Sampling, generate_tokens
+from rung_torch.options import TorchOptions
+
+
+class TorchBackend(BaseBackend):
+    """Holds a `rung_torch.model.Transformer` (`.model`) and its tokenizer.
+
+    `options.model` is a preset (a new model, vocabulary from the tokenizer) or a checkpoint
+    directory (safetensors + config.json, rung's or a Hugging Face Llama's), which also
+    brings its tokenizer when it holds one.
+    """
+
+    framework = "torch"
+    capabilities = Capabilities(chat=True, streaming=True, trainable=True)
+
+    def __init__(self, options: TorchOptions | None = None, tokenizer: Tokenizer | None = None, **_: Any) -> None:
+        self.options = options if options is not None else TorchOptions()
+        self.device = resolve_device(self.options.device)
+        self.precision = resolve_precision(self.options.precision, self.device, "train")
+        self.decode_precision = resolve_precision(self.options.precision, self.device, "decode")
+        source = Path(self.options.model)
+        if source.is_dir():
+            if tokenizer is None:
+                tokenizer = load_checkpoint_tokenizer(source)
+            from rung_torch.weights import load_model
+
+            model = load_model(source, device=self.device)
+            self.name = source.name
+        else:
+            if tokenizer is None:
+                raise ConfigError(
+                    f"backend 'torch': model '{self.options.model}' is a preset and needs a tokenizer "
+                    "(add a 'tokenizer' section, or pass tokenizer=)"
+                )
+            from rung_torch.model import Transformer
+
+            try:
+                config = self.options.resolve_architecture(vocab_size=tokenizer.vocab_size)
+            except ValueError as exc:
+                raise ConfigError(f"backend.model: {exc}") from None
+            with torch.device(self.device):
+                model = Transformer(config, seed=self.options.seed)
+            self.name = self.options.model
+        if tokenizer is not None and tokenizer.vocab_size > model.config.vocab_size:
+            raise ConfigError(
+                f"backend 'torch': the tokenizer has {tokenizer.vocab_size} tokens but the model's "
+                f"vocabulary is {model.config.vocab_size}"
+            )
+        self.tokenizer = tokenizer
+        self.model = model
+
+    # -- what trainers use
+
+    @property
+    def config(self):
+        """The architecture (`rung.model_config.ModelConfig`) of the model."""
+        from rung_torch.modeling import unwrap
+
+        return unwrap(self.model).config
+
+    def engine(self):
+        """The training loop, bound to `self.model` as it is now (a trainer may wrap it first)."""
+        from rung_torch.engine import TorchEngine
+
+        return TorchEngine(self.model, self.options, device=self.device, precision=self.precision)
+
+    def save(self, directory: str | Path) -> None:
+        """Weights (model.safetensors), config.json and the tokenizer, as transformers reads them."""
+        from rung_torch.weights import save_weights
+
+        save_weights(self.model, directory)
+        if self.tokenizer is not None:
+            self.tokenizer.save(directory)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._tokenizer().encode(text))
+
+    # -- generation
+
+    def generate(self, request: GenerationRequest) -> Completion:
+        return self.generate_batch([request])[0]
+
+    def stream(self, request: GenerationRequest) -> Iterator[Delta]:
+        prompt, sampling = self._prepare(request)
+        decoder = RowDecoder(self._tokenizer(), sampling, len(prompt), incremental=True)
+        for event in self._run([prompt], [sampling], [decoder]):
+            if event.finish_reason is None:
+                yield Delta(event.text, model=self.name)
+            else:
+                yield Delta(event.text, event.finish_reason, _usage(decoder), self.name)
+
+    def generate_batch(self, requests: Sequence[GenerationRequest], max_concurrency: int = 8) -> list[Completion]:
+        """Decode up to `max_concurrency` requests at a time as one batch (left-padded)."""
+        out: list[Completion] = []
+        size = max(1, max_concurrency)
+        for first in range(0, len(requests), size):
+            chunk = [self._prepare(r) for r in requests[first:first + size]]
+            decoders = [RowDecoder(self._tokenizer(), s, len(p), incremental=False) for p, s in chunk]
+            for _ in self._run([p for p, _ in chunk], [s for _, s in chunk], decoders):
+                pass
+            out += [Completion(d.text, d.finish_reason or "length", _usage(d), self.name) for d in decoders]
+        return out
+
+    def _run(self, prompts, rows, decoders):
+        from rung_torch.modeling import unwrap
+
+        model = unwrap(self.model)
+        was_training = model.training
+        model.eval()
+        try:
+            yield from generate_tokens(model, prompts, rows, decoders, self.device, DTYPES[self.decode_precision])
+        finally:
+            model.train(was_training)
+
+    def _prepare(self, request: GenerationRequest) -> tuple[list[int], Sampling]:
+        tokenizer = self._tokenizer()
+        stop_ids = {tokenizer.eos_id} if tokenizer.eos_id is not None else set()
+        if request.messages or request.system:
+            text = tokenizer.apply_chat_template(request.chat(), add_generation_prompt=True)
+            end_of_turn = getattr(tokenizer, "end_of_turn_id", None)
+            if end_of_turn is not None:
+                stop_ids.add(end_of_turn)
+        else:
+            text = request.prompt or ""
+        ids = tokenizer.encode(text)
+        if not ids and tokenizer.bos_id is not None:
+            ids = [tokenizer.bos_id]
+        opts = self.options
+        max_tokens = request.max_tokens if request.max_tokens is not None else opts.max_tokens
+        if max_tokens < 1:
+            raise RungError(f"max_tokens must be at least 1, got {max_tokens}")
+        temperature = request.temperature if request.temperature is not None else opts.temperature
+        if request.top_k is not None and request.top_k < 1:
+            raise RungError(f"top_k must be at least 1, got {request.top_k}")
+        if request.top_p is not None and not 0 < request.top_p <= 1:
+            raise RungError(f"top_p must be in (0, 1], got {request.top_p}")
+        sampling = Sampling(
+            max_tokens=max_tokens,
+            temperature=float(temperature or 0.0),
+            top_k=request.top_k,
+            top_p=request.top_p,
+            seed=request.seed,
+            stop=tuple(s for s in request.stop if s),
+            stop_ids=frozenset(stop_ids),
+        )
+        return ids, sampling
+
+    def _tokenizer(self) -> Tokenizer:
+        if self.tokenizer is None:
+            raise RungError("backend 'torch' has no tokenizer: give the run a 'tokenizer' section")
+        return self.tokenizer
+
+    def __repr__(self) -> str:
+        return f"TorchBackend(model={self.name!r}, device={self.device}, precision={self.precision})"
+
+
+def _usage(decoder: RowDecoder) -> Usage:
+    return Usage(prompt_tokens=decoder.prompt_tokens, completion_tokens=decoder.generated)
+
+
+def load_checkpoint_tokenizer(directory: Path) -> Tokenizer:
+    """The tokenizer saved in a checkpoint folder: rung's (rung-tokenizers) or transformers' files."""
+    if (directory / "tokenizer.json").is_file():
+        try:
+            from rung_tokenizers.tokenizer import load_tokenizer
+        except ImportError:
+            load_tokenizer = None
+        if load_tokenizer is not None:
+            return load_tokenizer(directory)
+    if any((directory / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
+        return TransformersTokenizer(directory)
+    raise ConfigError(
+        f"backend 'torch': {directory} holds no tokenizer (tokenizer.json): add a 'tokenizer' section"
+    )
+
+
+class TransformersTokenizer:
+    """A `transformers` tokenizer saved in a checkpoint, behind `rung.interfaces.Tokenizer`."""
+
+    def __init__(self, directory: str | Path) -> None:
+        from transformers import AutoTokenizer
+
+        try:
+            self.hf = AutoTokenizer.from_pretrained(str(directory))
+        except Exception as exc:
+            raise RungError(f"{directory}: the tokenizer files cannot be loaded ({exc})") from None
+        self.vocab_size = len(self.hf)
+        self.special_tokens = {t: self.hf.convert_tokens_to_ids(t) for t in self.hf.all_special_tokens}
+        self.eos_id = self.hf.eos_token_id
+        self.bos_id = self.hf.bos_token_id
+        self.pad_id = self.hf.pad_token_id
+
+    def encode(self, text: str) -> list[int]:
+        return self.hf.encode(text, add_special_tokens=False)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.hf.decode(list(ids), skip_special_tokens=False)
+
+    def apply_chat_template(self, messages, add_generation_prompt: bool = True) -> str:
+        if not getattr(self.hf, "chat_template", None):
+            raise RungError("this checkpoint's tokenizer has no chat template: send a prompt, not messages")
+        turns = [{"role": m.role, "content": m.content} for m in messages]
+        return self.hf.apply_chat_template(turns, add_generation_prompt=add_generation_prompt, tokenize=False)
+
+    def save(self, directory: str | Path) -> None:
+        self.hf.save_pretrained(str(directory))

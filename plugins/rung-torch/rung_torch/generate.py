@@ -1,0 +1,306 @@
+"""Text generation for rung's Transformer: a static KV cache, prefill, then one token a step.
+
+`generate_tokens` is the whole algorithm. Prompts of different lengths are left-padded into
+one batch: every row writes its keys and values at the same cache slot each step, a mask
+hides the padding, and rotary positions are counted per row from its first real token, so a
+row decodes exactly as it would alone. Each step picks the next token of every row (greedy,
+or sampled with temperature, top-k and top-p from the row's own seeded `torch.Generator`)
+and hands it to that row's `RowDecoder`, which turns tokens into text: incrementally when
+streaming or watching for stop strings (never half a UTF-8 character, never part of a stop
+string), once at the end otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from rung.errors import RungError
+from rung_torch.model import KVCache
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How one row is decoded."""
+
+    max_tokens: int
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_ids: frozenset[int] = field(default_factory=frozenset)
+
+    @property
+    def greedy(self) -> bool:
+        return not self.temperature or self.temperature <= 0 or self.top_k == 1
+
+
+class RowDecoder:
+    """Tokens of one row in, text deltas out; knows when the row is finished and why."""
+
+    def __init__(self, tokenizer: Any, sampling: Sampling, prompt_tokens: int, incremental: bool) -> None:
+        self.tokenizer = tokenizer
+        self.sampling = sampling
+        self.prompt_tokens = prompt_tokens
+        self.incremental = incremental or bool(sampling.stop)
+        self.ids: list[int] = []
+        self.generated = 0  # tokens the model produced, a stopping one included
+        self.text = ""  # decoded so far (trimmed at a stop string)
+        self.emitted = 0  # characters of `text` handed out as deltas
+        self.finish_reason: str | None = None
+        self._longest_stop = max((len(s) for s in sampling.stop), default=0)
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    def push(self, token: int) -> str:
+        """Take the next token; return the text that may be shown now ('' if none)."""
+        self.generated += 1
+        if token in self.sampling.stop_ids:
+            return self.finish("stop")
+        self.ids.append(token)
+        if self.incremental:
+            previous = len(self.text)
+            text = self.tokenizer.decode(self.ids)
+            if self.sampling.stop:
+                start = max(0, min(previous, len(text)) - self._longest_stop)
+                cut = min((i for s in self.sampling.stop if (i := text.find(s, start)) >= 0), default=-1)
+                if cut >= 0:
+                    self.text = text[:cut]
+                    return self.finish("stop")
+            self.text = text
+        if self.generated >= self.sampling.max_tokens:
+            return self.finish("length")
+        return self._safe_delta() if self.incremental else ""
+
+    def finish(self, reason: str) -> str:
+        """End the row; return everything not yet shown."""
+        if self.finish_reason is None:
+            self.finish_reason = reason
+            if not self.incremental:
+                self.text = self.tokenizer.decode(self.ids) if self.ids else ""
+        delta = self.text[self.emitted:]
+        self.emitted = len(self.text)
+        return delta
+
+    def _safe_delta(self) -> str:
+        text = self.text
+        end = len(text)
+        # An incomplete UTF-8 character decodes as U+FFFD: wait for its next byte.
+        while end > self.emitted and text[end - 1] == "\ufffd":
+            end -= 1
+        # Hold back a tail that could be the start of a stop string.
+        for stop in self.sampling.stop:
+            for n in range(min(len(stop) - 1, end - self.emitted), 0, -1):
+                if text.endswith(stop[:n], 0, end):
+                    end -= n
+                    break
+        if end <= self.emitted:
+            return ""
+        delta = text[self.emitted:end]
+        self.emitted = end
+        return delta
+
+
+def choose(logits: torch.Tensor, rows: Sequence[Sampling], generators: Sequence[torch.Generator | None]) -> torch.Tensor:
+    """The next token of each row from its last logits (batch, vocab)."""
+    chosen = logits.argmax(dim=-1)
+    for i, sampling in enumerate(rows):
+        if sampling.greedy:
+            continue
+        scores = logits[i].float() / sampling.temperature
+        if sampling.top_k is not None and sampling.top_k < scores.shape[-1]:
+            kth = torch.topk(scores, sampling.top_k).values[-1]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        if sampling.top_p is not None and sampling.top_p < 1.0:
+            sorted_scores, order = torch.sort(scores, descending=True)
+            cumulative = sorted_scores.softmax(-1).cumsum(-1)
+            # Keep the smallest set whose probability reaches top_p (the first token always).
+            drop = cumulative - sorted_scores.softmax(-1) >= sampling.top_p
+            scores = scores.scatter(0, order[drop], float("-inf"))
+        probs = scores.softmax(-1)
+        chosen[i] = torch.multinomial(probs, 1, generator=generators[i])[0]
+    return chosen
+
+
+@dataclass
+class Event:
+    """A piece of text of row `row` (and, when the row is done, why)."""
+
+    row: int
+    text: str
+    finish_reason: str | None = None
+
+
+class FastForward:
+    """The model's forward pass for generation, as a flat sequence of tensor ops.
+
+    Holds the weights in the decoding dtype with the projections that read the same input
+    fused (q, k and v in one matrix; gate and up in another), so a decoding step of an L-layer
+    model is 4L + 1 matrix products and no module calls. The copies are rebuilt whenever a
+    parameter changes (training updates them in place: `_version` counts that).
+    """
+
+    def __init__(self, model: Any, dtype: torch.dtype) -> None:
+        c = model.config
+        self.config, self.dtype = c, dtype
+        self.key = _weights_key(model, dtype)
+        self.n_heads, self.n_kv, self.head_dim = c.n_heads, c.kv_heads, c.head_dim
+        self.group = c.n_heads // c.kv_heads
+        self.eps = c.norm_eps
+        self.q_size, self.kv_size = c.n_heads * c.head_dim, c.kv_heads * c.head_dim
+        with torch.no_grad():
+            cast = lambda t: t.detach().to(dtype)  # noqa: E731
+            # Matrices are stored (in, out), contiguous: `x @ w` then reads the weights in the
+            # order it uses them, about twice as fast as F.linear for one row on a CPU.
+            t = lambda *ws: torch.cat([w.detach() for w in ws]).to(dtype).t().contiguous()  # noqa: E731
+            self.embed = cast(model.model.embed_tokens.weight)
+            self.head = t(model.lm_head.weight)
+            self.norm = cast(model.model.norm.weight)
+            self.layers = []
+            for layer in model.model.layers:
+                a, m = layer.self_attn, layer.mlp
+                self.layers.append((
+                    cast(layer.input_layernorm.weight),
+                    t(a.q_proj.weight, a.k_proj.weight, a.v_proj.weight),
+                    t(a.o_proj.weight),
+                    cast(layer.post_attention_layernorm.weight),
+                    t(m.gate_proj.weight, m.up_proj.weight),
+                    t(m.down_proj.weight),
+                ))
+            # cos, and sin with the sign of "rotate half" folded in: x*cos + roll(x)*sin_signed.
+            half = c.head_dim // 2
+            self.cos = model.rope_cos.to(dtype)
+            self.sin = torch.cat([-model.rope_sin[:, :half], model.rope_sin[:, half:]], dim=-1).to(dtype)
+
+    @classmethod
+    def of(cls, model: Any, dtype: torch.dtype) -> "FastForward":
+        """The cached instance for `model`, rebuilt if its weights changed since."""
+        cached = model.__dict__.get("_rung_fast_forward")
+        if cached is None or cached.key != _weights_key(model, dtype):
+            cached = cls(model, dtype)
+            model.__dict__["_rung_fast_forward"] = cached
+        return cached
+
+    def __call__(self, tokens: torch.Tensor, cache: KVCache, start: int,
+                 positions: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, vocab) of the last of `tokens` (B, T), writing keys/values at `start`.
+
+        `positions` (B, T): rotary positions (default start + arange(T)); `mask` (B, 1, T,
+        start + T) bool: True where a query may look (default: causal).
+        """
+        B, T = tokens.shape
+        end = start + T
+        nh, nkv, hd, group = self.n_heads, self.n_kv, self.head_dim, self.group
+        if positions is None:
+            cos, sin = self.cos[start:end, None, :], self.sin[start:end, None, :]  # (T, 1, hd)
+        else:
+            cos, sin = self.cos[positions].unsqueeze(2), self.sin[positions].unsqueeze(2)  # (B, T, 1, hd)
+        x = F.embedding(tokens, self.embed)
+        causal = mask is None and T > 1
+        last = len(self.layers) - 1
+        for i, (w_in, w_qkv, w_o, w_post, w_gu, w_down) in enumerate(self.layers):
+            h = F.rms_norm(x, (x.shape[-1],), w_in, self.eps)
+            qkv = h @ w_qkv
+            qk = qkv[..., :self.q_size + self.kv_size].view(B, T, nh + nkv, hd)
+            qk = torch.addcmul(qk * cos, qk.roll(hd // 2, dims=-1), sin)
+            k_cache, v_cache = cache.k[i], cache.v[i]
+            k_cache[:, :, start:end] = qk[:, :, nh:].transpose(1, 2)
+            v_cache[:, :, start:end] = qkv[..., self.q_size + self.kv_size:].view(B, T, nkv, hd).transpose(1, 2)
+            k, v = k_cache[:, :, :end], v_cache[:, :, :end]
+            if T == 1:
+                # Fold the query heads that share a key/value head into the query axis.
+                q = qk[:, :, :nh].reshape(B, nkv, group, hd)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).reshape(B, 1, nh * hd)
+            else:
+                q = qk[:, :, :nh].transpose(1, 2)
+                if group > 1:
+                    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+                if i == last:  # past the last attention only the last position matters
+                    y, x = y[:, :, -1:], x[:, -1:]
+                y = y.transpose(1, 2).reshape(B, y.shape[2], nh * hd)
+            x = x + y @ w_o
+            h = F.rms_norm(x, (x.shape[-1],), w_post, self.eps)
+            gate, up = (h @ w_gu).chunk(2, dim=-1)
+            x = x + (F.silu(gate) * up) @ w_down
+        return F.rms_norm(x[:, -1], (x.shape[-1],), self.norm, self.eps) @ self.head
+
+
+def _weights_key(model: Any, dtype: torch.dtype) -> tuple:
+    return (dtype,) + tuple((p.data_ptr(), p._version) for p in model.parameters())
+
+
+def generate_tokens(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    rows: Sequence[Sampling],
+    decoders: Sequence[RowDecoder],
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+) -> Iterator[Event]:
+    """Decode every prompt to the end; yield each row's text as it becomes showable.
+
+    The weights and the cache are in `dtype` (float32 on the CPU: see `resolve_precision`).
+    """
+    config = model.config
+    context = config.max_seq_len
+    lengths = [len(p) for p in prompts]
+    for length in lengths:
+        if length == 0:
+            raise RungError("the prompt encodes to no tokens: give some text to continue")
+        if length > context:
+            raise RungError(
+                f"the prompt is {length} tokens long, more than the model's context of {context} tokens"
+            )
+    B, T = len(prompts), max(lengths)
+    total = min(context, T + max(r.max_tokens for r in rows))
+    pads = [T - n for n in lengths]
+    padded = any(pads)
+
+    generators: list[torch.Generator | None] = []
+    for sampling in rows:
+        if sampling.greedy:
+            generators.append(None)
+            continue
+        g = torch.Generator(device=device)
+        g.manual_seed(sampling.seed) if sampling.seed is not None else g.seed()
+        generators.append(g)
+
+    ids = torch.tensor([[0] * pad + list(p) for pad, p in zip(pads, prompts)], dtype=torch.long, device=device)
+    positions = mask = None
+    if padded:
+        pad_t = torch.tensor(pads, device=device)
+        slots = torch.arange(total, device=device)
+        valid = slots[None, :] >= pad_t[:, None]  # (B, total): which cache slots hold real tokens
+        positions = (slots[None, :] - pad_t[:, None]).clamp(min=0)  # rotary position of each slot
+        mask = model._mask(valid[:, :T], T, 0)
+    with torch.inference_mode():
+        forward = FastForward.of(model, dtype)
+        cache = KVCache.allocate(config, B, total, device, dtype)
+        logits = forward(ids, cache, 0, None if positions is None else positions[:, :T], mask)
+        pos = T
+        while True:
+            tokens = choose(logits, rows, generators)
+            for i, token in enumerate(tokens.tolist()):
+                decoder = decoders[i]
+                if decoder.done:
+                    continue
+                text = decoder.push(token)
+                if not decoder.done and pos >= total:
+                    text += decoder.finish("length")  # the context is full
+                if text or decoder.done:
+                    yield Event(i, text, decoder.finish_reason)
+            if all(d.done for d in decoders):
+                return
+            step_positions = None
+            if padded:
+                step_positions, mask = positions[:, pos:pos + 1], valid[:, None, None, :pos + 1]
+            logits = forward(tokens[:, None], cache, pos, step_positions, mask)
+            pos += 1

@@ -1,0 +1,118 @@
+"""Checkpoints as transformers writes them: `model.safetensors` plus `config.json`.
+
+Parameter names are `LlamaForCausalLM`'s; `lm_head.weight` is left out when the embeddings
+are tied. Loading reads safetensors only (one file, or shards listed in
+`model.safetensors.index.json`), never pickle.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rung.errors import RungError
+from rung.model_config import ModelConfig
+
+WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+
+
+def save_weights(model: Any, directory: str | Path) -> Path:
+    """Write `model`'s weights (fp32 or as they are) and config.json to `directory`."""
+    from safetensors.torch import save_file
+
+    from rung_torch.modeling import unwrap
+
+    model = unwrap(model)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = model.state_dict()
+    if model.config.tie_embeddings:
+        state.pop("lm_head.weight", None)
+    tensors = {name: t.detach().to("cpu").contiguous() for name, t in state.items()}
+    tmp = directory / (WEIGHTS_NAME + ".tmp")
+    save_file(tensors, str(tmp), metadata={"format": "pt"})
+    tmp.replace(directory / WEIGHTS_NAME)
+    model.config.save(directory)
+    return directory / WEIGHTS_NAME
+
+
+def read_state_dict(directory: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the safetensors checkpoint in `directory` (sharded or not), on the CPU."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    single, index = directory / WEIGHTS_NAME, directory / INDEX_NAME
+    if single.is_file():
+        files = [single]
+    elif index.is_file():
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+        files = [directory / name for name in sorted(set(weight_map.values()))]
+    else:
+        found = sorted(p.name for p in directory.glob("*.bin")) + sorted(p.name for p in directory.glob("*.pt"))
+        extra = f" (found {', '.join(found)}: pickle files are never loaded)" if found else ""
+        raise RungError(f"{directory}: no {WEIGHTS_NAME} or {INDEX_NAME}{extra}")
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        try:
+            state.update(load_file(str(file)))
+        except Exception as exc:
+            raise RungError(f"{file}: not a readable safetensors file ({exc})") from None
+    return state
+
+
+def load_into(model: Any, state: dict[str, torch.Tensor], where: str = "checkpoint") -> None:
+    """Copy `state` into `model`, casting dtypes; missing or unexpected names are an error."""
+    tied = model.config.tie_embeddings
+    state = dict(state)
+    if tied:
+        state.pop("lm_head.weight", None)
+    expected = set(model.state_dict())
+    if tied:
+        expected.discard("lm_head.weight")
+    missing = sorted(expected - set(state))
+    unexpected = sorted(set(state) - expected)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {', '.join(unexpected[:4])}{' ...' if len(unexpected) > 4 else ''}")
+        raise RungError(f"{where}: weights do not match the architecture in config.json ({'; '.join(parts)})")
+    params = model.state_dict()
+    with torch.no_grad():
+        for name, tensor in state.items():
+            target = params[name]
+            if target.shape != tensor.shape:
+                raise RungError(f"{where}: {name} has shape {tuple(tensor.shape)}, config.json says {tuple(target.shape)}")
+            target.copy_(tensor.to(target.dtype))
+
+
+def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Any:
+    """A `Transformer` with the config.json and safetensors weights of `directory`."""
+    from rung_torch.model import Transformer
+
+    directory = Path(directory)
+    if not (directory / "config.json").is_file():
+        raise RungError(f"{directory}: no config.json (a rung or Hugging Face Llama checkpoint has one)")
+    hf = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    model_type = hf.get("model_type", "llama")
+    if model_type != "llama":
+        raise RungError(
+            f"{directory}: config.json is a '{model_type}' model; the torch backend runs Llama-style "
+            "models (use the hf backend for other architectures)"
+        )
+    try:
+        config = ModelConfig.from_hf(hf)
+    except Exception as exc:
+        raise RungError(f"{directory}/config.json: {exc}") from None
+    with torch.device("meta"):
+        model = Transformer(config, seed=None)
+    model = model.to_empty(device=device)
+    model.tie_weights()  # to_empty makes a new tensor for each module
+    model._reset_buffers()
+    load_into(model, read_state_dict(directory), where=str(directory))
+    return model
