@@ -41,7 +41,8 @@ def cli(server, tmp_path):
 
 
 def test_prompt_streams_the_reply_logs_it_and_logs_finds_it(cli, server):
-    proc = cli("prompt", *cli.openai, "--system", "be kind", "--temperature", "0.4", "--max-tokens", "20", "-v", "hello rivers")
+    proc = cli("prompt", *cli.openai, "-o", f"api_key={KEY}", "--system", "be kind", "--temperature", "0.4",
+               "--max-tokens", "20", "-v", "hello rivers", OPENAI_API_KEY="")  # the key on the command line
     assert proc.stdout == "echo: hello rivers\n"
     assert "4 prompt + 3 completion tokens" in proc.stderr
     body = server.requests[-1].body
@@ -58,6 +59,7 @@ def test_prompt_streams_the_reply_logs_it_and_logs_finds_it(cli, server):
     assert (entry["prompt_tokens"], entry["completion_tokens"], entry["finish_reason"]) == (4, 3, "stop")
     assert entry["options"]["temperature"] == 0.4 and entry["options"]["base_url"] == server.openai_base_url
     assert entry["duration_s"] > 0 and entry["options"].get("api_key") is None
+    assert KEY.encode() not in (cli.config_dir / "logs.db").read_bytes()
     from rung_prompt import logdb
 
     os.environ["RUNG_CONFIG_DIR"] = str(cli.config_dir)  # (the autouse fixture restores it)
@@ -96,23 +98,18 @@ def test_a_config_picks_the_backend_and_options_override_it(cli, server, tmp_pat
     proc = cli("prompt", "-c", str(config), "-o", "max_tokens=2", "--no-stream", "one two three")
     assert proc.stdout == "echo: one \n" and "token limit" in proc.stderr
     assert server.requests[-1].path == "/v1/messages" and server.requests[-1].body["max_tokens"] == 2
-    cli("prompt", *cli.openai, "-o", f"api_key={KEY}", "key on the command line", OPENAI_API_KEY="")
     db = (cli.config_dir / "logs.db").read_bytes()
-    assert b"key on the command line" in db and b"claude-test" in db and KEY.encode() not in db
+    assert b"claude-test" in db and KEY.encode() not in db
     shown = cli("config", "show", str(config)).stdout  # the config as rung saves it: no key
     assert "claude-test" in shown and "api_key:" not in shown and KEY not in shown
 
 
-def test_failures_are_one_line_with_a_nonzero_exit(cli, server):
+def test_a_cut_stream_is_a_one_line_failure_and_not_logged(cli, server):
     server.fault("cut")
     proc = cli("prompt", *cli.openai, "-o", "max_retries=0", "one two three four five six", check=False)
     assert proc.returncode == 1 and "cut off after" in proc.stderr and "Traceback" not in proc.stderr
-    wrong = "sk-wrong-ECHOED-by-server-55555"
-    proc = cli("prompt", *cli.openai, "-o", "max_retries=0", "x", check=False, OPENAI_API_KEY=wrong)
-    assert proc.returncode == 1 and proc.stderr.startswith("rung: error: openai: the API key was refused (401)")
-    assert proc.stderr.strip().count("\n") == 0 and "$OPENAI_API_KEY" in proc.stderr
-    assert "ECHOED" not in proc.stderr + proc.stdout
-    assert not (cli.config_dir / "logs.db").exists()  # nothing answered, nothing logged
+    assert proc.stdout.startswith("echo: ") and proc.stdout.endswith("\n") and proc.stderr.strip().count("\n") == 0
+    assert not (cli.config_dir / "logs.db").exists()  # an incomplete reply is not logged as an answer
 
 
 def test_keys_set_list_use_and_never_leak(cli, server):
@@ -120,6 +117,11 @@ def test_keys_set_list_use_and_never_leak(cli, server):
     store = cli.config_dir / "keys.json"
     assert stat.S_IMODE(store.stat().st_mode) == 0o600 and KEY not in proc.stderr
     assert cli("keys", "list").stdout == "openai\n"
+    wrong = "sk-wrong-ECHOED-by-server-55555"  # the environment wins over the store; the server echoes it
+    proc = cli("prompt", *cli.openai, "-o", "max_retries=0", "x", check=False, OPENAI_API_KEY=wrong)
+    assert proc.returncode == 1 and proc.stderr.startswith("rung: error: openai: the API key was refused (401)")
+    assert proc.stderr.strip().count("\n") == 0 and "$OPENAI_API_KEY" in proc.stderr
+    assert "ECHOED" not in proc.stderr + proc.stdout
     proc = cli("prompt", *cli.openai, "-v", "from the store", OPENAI_API_KEY="")
     assert proc.stdout == "echo: from the store\n"
     db = (cli.config_dir / "logs.db").read_bytes()

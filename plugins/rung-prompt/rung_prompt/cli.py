@@ -120,13 +120,24 @@ def _write(text: str) -> None:
     sys.stdout.flush()
 
 
+@contextlib.contextmanager
+def _end_line(reply: Reply) -> Iterator[None]:
+    """If a stream fails after some text, end the line so the error starts on its own."""
+    try:
+        yield
+    except BaseException:
+        if reply.text and not reply.text.endswith("\n"):
+            _write("\n")
+        raise
+
+
 def run_request(target: Target, request: Any, stream: bool) -> Reply:
     """Send `request`, writing the reply to stdout as it comes."""
     reply = Reply()
     start = time.perf_counter()
     if stream:
         deltas = target.backend.stream(request)
-        with contextlib.closing(deltas) if hasattr(deltas, "close") else contextlib.nullcontext():
+        with contextlib.closing(deltas) if hasattr(deltas, "close") else contextlib.nullcontext(), _end_line(reply):
             for delta in deltas:
                 if delta.text:
                     if reply.first_token_s is None:
@@ -281,7 +292,6 @@ def chat(backend: str | None, model: str | None, config: str | None, options: tu
                 reply = run_request(target, request, stream=True)
             except KeyboardInterrupt:
                 history.pop()
-                _write("\n")
                 click.echo("(reply stopped)", err=True)
                 continue
             except RungError as exc:
