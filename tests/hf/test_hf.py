@@ -73,6 +73,11 @@ def test_stream_deltas_concatenate_to_generate(backend_of, family):
         assert deltas[-1].finish_reason == done.finish_reason
         assert deltas[-1].usage == done.usage
         assert len(deltas) > 2  # it streamed, it did not hand back one block
+    # A consumer that leaves early ends the generation; the backend is free again at once.
+    stream = b.stream(greedy(prompt="the cat sat", max_tokens=200))
+    next(stream)
+    stream.close()
+    assert b.generate(greedy(prompt="rain", max_tokens=2)).usage.completion_tokens <= 2
 
 
 def test_chat_templates_from_the_tokenizer(backend_of):
@@ -340,6 +345,8 @@ def test_interop_with_rung_torch(model_dirs, tmp_path):
     assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
     chat = [Message("user", "the cat")]
     assert hf.tokenizer.apply_chat_template(chat) == bpe.apply_chat_template(chat)
+    assert bpe.end_of_turn_id in hf.stop_ids and bpe.eos_id in hf.stop_ids  # a chat reply ends at <|end|>
+    assert hf.generate(GenerationRequest(messages=chat, temperature=0, max_tokens=4)).usage.completion_tokens >= 1
     # hf Llama saved here -> rung-torch
     llama = rung.backend("hf", model=str(model_dirs["llama"]), device="cpu")
     llama.save(tmp_path / "hf-llama")

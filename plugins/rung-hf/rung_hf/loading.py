@@ -233,7 +233,8 @@ def load_model(options: Any) -> tuple[Any, Any, Source]:
     from transformers import AutoModelForCausalLM
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
+        with _quiet_progress(source.local):
+            model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
     except Exception as exc:  # one line for the user, whatever transformers raised
         if _debug():
             raise
@@ -244,6 +245,27 @@ def load_model(options: Any) -> tuple[Any, Any, Source]:
         device = next(model.parameters()).device
     model.eval()
     return model, device, source
+
+
+class _quiet_progress:
+    """No "Loading weights" bars for a local load (a download keeps its progress bars)."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.was_enabled = False
+
+    def __enter__(self) -> None:
+        if self.quiet:
+            from transformers.utils import logging as hf_logging
+
+            self.was_enabled = hf_logging.is_progress_bar_enabled()
+            hf_logging.disable_progress_bar()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.quiet and self.was_enabled:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.enable_progress_bar()
 
 
 def load_tokenizer(name: str, *, field: str, revision: str | None = None, trust_remote_code: bool = False,

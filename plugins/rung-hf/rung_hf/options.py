@@ -70,6 +70,9 @@ class HFOptions(HubOptions):
     )
     compile: bool = Field(False, description="torch.compile the model for training")
     activation_checkpointing: bool = Field(False, description="recompute activations in backward to save memory")
+    distributed: Literal["auto", "ddp", "fsdp", "none"] = Field(
+        "auto", description="under torchrun: auto (DDP), ddp, or fsdp (shards a model too big for one GPU)"
+    )
 
     @field_validator("dtype")
     @classmethod
