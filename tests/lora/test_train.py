@@ -109,3 +109,40 @@ def test_default_targets_per_architecture():
     assert default_targets(gpt2) == ["c_attn"]
     with pytest.raises(RungError, match="no linear layer named qkv"):
         default_targets(gpt2, ["qkv"])
+
+
+def test_lora_on_a_transformers_gpt2_through_the_hf_backend(tmp_path, task):
+    pytest.importorskip("rung_hf.backend")
+    from peft import PeftModel
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    import rung
+
+    base = tmp_path / "gpt2"
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=272, n_positions=128)).save_pretrained(base)
+    rung.tokenizer("byte").save(base)
+    out = tmp_path / "run"
+    config = make_config({
+        "output_dir": str(out),
+        "backend": {"name": "hf", "model": str(base), "device": "cpu", "precision": "fp32"},
+        "data": {"name": "chat_jsonl", "path": task[0]},
+        "trainer": {"name": "lora", "steps": 16, "batch_size": 16, "learning_rate": 3e-2, "warmup_steps": 2,
+                    "eval_every": 16, "eval_data": {"name": "chat_jsonl", "path": task[1]}, "resume": "never",
+                    "use_dora": True},
+        "logging": {"sinks": [{"name": "jsonl"}]},
+    })
+    run = Run(config)
+    out.mkdir(parents=True)
+    build(run.plugins, "trainer", config.trainer).train(run)
+    run.close()
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [m["eval_loss"] for m in metrics if "eval_loss" in m]
+    assert evals[-1] < evals[0], evals
+    adapter = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert adapter["target_modules"] == ["c_attn"] and adapter["use_dora"]
+    ids = torch.tensor([[60, 124, 117, 115, 101, 114, 124, 62, 10, 49, 50, 43]])
+    with torch.no_grad():
+        expected = run.backend().model.eval()(ids).logits
+        loaded = PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(base), str(out / "adapter")).eval()
+        assert torch.allclose(loaded(ids).logits, expected, atol=1e-4)

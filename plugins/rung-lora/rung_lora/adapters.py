@@ -109,6 +109,8 @@ def wrap_lora(model: nn.Module, options: Any) -> Any:
         model = quantize_4bit(model)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     targets = default_targets(model, options.target_modules)
+    conv1d = any(type(m).__name__ == "Conv1D" and name.rsplit(".", 1)[-1] in targets
+                 for name, m in model.named_modules())  # GPT-2 stores its weights transposed
     config = LoraConfig(
         r=options.r,
         lora_alpha=options.alpha if options.alpha is not None else 2 * options.r,
@@ -118,6 +120,7 @@ def wrap_lora(model: nn.Module, options: Any) -> Any:
         use_dora=options.use_dora,
         use_rslora=options.use_rslora,
         bias="none",
+        fan_in_fan_out=conv1d,
         task_type="CAUSAL_LM" if _is_hf_causal_lm(model) else None,
     )
     return get_peft_model(model, config)

@@ -137,6 +137,9 @@ class SFTTrainer:
                                 "machine has none; set trainer.qlora=false to train LoRA on full-precision weights")
         tokenizer = resolve_tokenizer(run, backend)
         self.renderer = make_renderer(opts.chat_template, tokenizer)
+        hf = getattr(tokenizer, "hf", None)
+        if self.renderer.jinja and hf is not None and not getattr(hf, "chat_template", None):
+            hf.chat_template = self.renderer.jinja  # the backend then serves (and saves) the same format
         context = model_context(getattr(backend, "model", None))
         max_length = min(opts.max_length, context) if context else opts.max_length
         train, held, eval_examples = self._data(run, tokenizer, max_length)
