@@ -43,8 +43,10 @@ class PretrainTrainer:
 
         opts = self.options
         console = get_console()
-        _use_checkpoint_tokenizer(run)
+        checkpoint_tokenizer = _use_checkpoint_tokenizer(run)
         data = _prepare(run)
+        if checkpoint_tokenizer is not None:
+            _check_same_tokenizer(checkpoint_tokenizer, data)
         run.use_tokenizer(data.tokenizer)
         backend = run.backend()
         framework = getattr(backend, "framework", None)
@@ -127,20 +129,20 @@ class PretrainTrainer:
 
 
 def _prepare(run: Any) -> Any:
-    try:
-        from rung_pretrain.prepare import prepare
-    except ImportError as exc:  # pragma: no cover - the data half is part of this distribution
-        raise RungError(f"rung-pretrain's data pipeline cannot be imported: {exc}") from None
     if getattr(run.config, "data", None) is None:
         raise ConfigError("trainer 'pretrain' needs a 'data' section (name: corpus, sources: [...])")
+    from rung_pretrain.pipeline import prepare
+
     return prepare(run)
 
 
-def _use_checkpoint_tokenizer(run: Any) -> None:
-    """Continue pretraining a checkpoint: its tokenizer is the one the data must be cut with."""
+def _use_checkpoint_tokenizer(run: Any) -> Any:
+    """Continue pretraining a checkpoint: its tokenizer is the one the data must be cut with.
+
+    Returns that tokenizer (also handed to the run), or None when the model is a preset."""
     model = getattr(run.config.backend, "model", None)
     if not isinstance(model, str) or not Path(model).is_dir():
-        return
+        return None
     folder = Path(model)
     if not (folder / "tokenizer.json").is_file():
         if run.config.tokenizer is None:
@@ -148,9 +150,9 @@ def _use_checkpoint_tokenizer(run: Any) -> None:
                 f"backend.model: {folder} holds no tokenizer.json; add a 'tokenizer' section "
                 f"(the one the checkpoint was trained with)"
             )
-        return
+        return None
     if run.config.tokenizer is not None and getattr(run.config.tokenizer, "path", None):
-        return  # the config names a tokenizer file itself: trust it
+        return None  # the config names a tokenizer file itself: trust it
     from rung_tokenizers.tokenizer import load_tokenizer
 
     if run.config.tokenizer is not None:
@@ -160,7 +162,21 @@ def _use_checkpoint_tokenizer(run: Any) -> None:
             f"continuing {folder}: using its tokenizer.json (the config's tokenizer section is not trained)",
             highlight=False, markup=False,
         )
-    run.use_tokenizer(load_tokenizer(folder))
+    tokenizer = load_tokenizer(folder)
+    run.use_tokenizer(tokenizer)
+    return tokenizer
+
+
+_PROBE = "def main(argv=None):\n    \"\"\"Entry point.\"\"\"\n    return 0  # done, café\n"
+
+
+def _check_same_tokenizer(expected: Any, data: Any) -> None:
+    """Shards reused from an earlier preparation must have been cut with the model's tokenizer."""
+    if expected.vocab_size != data.tokenizer.vocab_size or expected.encode(_PROBE) != data.tokenizer.encode(_PROBE):
+        raise ConfigError(
+            f"the token shards in {data.dir} were made with another tokenizer than the model's "
+            f"(backend.model); point data.shards.dir elsewhere or run `rung prepare CONFIG --force`"
+        )
 
 
 class StepCounter:

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The Level 3 demo: build a language model from scratch on the Python standard library's own
+# source, on a CPU, in about 10 minutes: prepare the corpus (progress bars), train a BPE
+# tokenizer, pretrain a small model, print generated Python, write runs/stdlib/loss.png.
+# Sets up .venv on first use. Arguments are config overrides, e.g. trainer.steps=100 or
+# backend.name=jax (the same run on the other framework).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bash "$root/scripts/ensure-venv.sh"
+cd "$root"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
+exec "$root/.venv/bin/rung" run examples/pretrain_stdlib.yaml "$@"
