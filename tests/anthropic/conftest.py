@@ -1,13 +1,12 @@
 """A fake LLM API server on 127.0.0.1 for this folder's tests; user config in a temp dir."""
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for fake_llm_server
-
-from fake_llm_server import TEST_KEY as KEY, FakeLLMServer
+# Never put tests/ itself on sys.path: its folders (torch, jax, openai...) would shadow the
+# real packages. The repository root is on the path (pytest's `pythonpath`).
+from tests.fake_llm_server import TEST_KEY as KEY, FakeLLMServer
 
 
 

@@ -6,7 +6,7 @@ import pytest
 from pydantic import BaseModel
 
 import rung
-from fake_llm_server import TEST_KEY as KEY
+from tests.fake_llm_server import TEST_KEY as KEY
 from rung.records import GenerationRequest, Message
 from rung_prompt.hosted import APIError
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fake_llm_server import TEST_KEY as KEY
+from tests.fake_llm_server import TEST_KEY as KEY
 
 RUNG = str(Path(sys.executable).with_name("rung"))
 
