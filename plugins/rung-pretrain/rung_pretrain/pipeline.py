@@ -261,26 +261,42 @@ def _quiet_task_logger(logging_dir: Any, rank: int, local_rank: int = 0, node_ra
     return logfile
 
 
+_MAIN_LOG: list[str] = []
+
+
+def _quiet_close_task_logger(logfile: Any) -> None:
+    """datatrove's close_task_logger, going back to rung's log file instead of stderr."""
+    from datatrove.utils.logging import logger
+
+    logger.complete()
+    logger.remove()
+    if _MAIN_LOG:
+        logger.add(_MAIN_LOG[-1], level="DEBUG")
+    logfile.close()
+
+
+def _no_tqdm(iterable: Any = None, *args: Any, **kwargs: Any) -> Any:
+    return iterable
+
+
 @contextlib.contextmanager
 def _quiet_datatrove(log_file: Path) -> Iterator[None]:
+    """datatrove logs to files only while rung draws progress bars; restored afterwards."""
     import datatrove.executor.base as base
+    import datatrove.pipeline.dedup.minhash as minhash
     from loguru import logger
 
-    saved = base.add_task_logger
-    saved_tqdm = os.environ.get("TQDM_DISABLE")
-    base.add_task_logger = _quiet_task_logger
-    os.environ["TQDM_DISABLE"] = "1"
+    saved = base.add_task_logger, base.close_task_logger, minhash.tqdm
+    base.add_task_logger, base.close_task_logger, minhash.tqdm = _quiet_task_logger, _quiet_close_task_logger, _no_tqdm
     log_file.parent.mkdir(parents=True, exist_ok=True)
+    _MAIN_LOG.append(str(log_file))
     logger.remove()
     logger.add(str(log_file), level="DEBUG")
     try:
         yield
     finally:
-        base.add_task_logger = saved
-        if saved_tqdm is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = saved_tqdm
+        base.add_task_logger, base.close_task_logger, minhash.tqdm = saved
+        _MAIN_LOG.pop()
         logger.remove()
         logger.add(sys.stderr, level="WARNING")
 
@@ -587,10 +603,11 @@ def format_report(report: list[dict[str, Any]]) -> Any:
     from rich.table import Table
 
     table = Table(title="cleaning report", title_justify="left")
-    for column in ("step", "docs in", "docs out", "MB in", "MB out", "changed", "removed (docs, MB)"):
-        table.add_column(column, justify="left" if column in ("step", "removed (docs, MB)") else "right")
+    for column in ("step", "docs in", "docs out", "MB in", "MB out", "changed", "removed: docs (MB)"):
+        table.add_column(column, justify="left" if column in ("step", "removed: docs (MB)") else "right",
+                         no_wrap=column != "removed: docs (MB)", min_width=24 if column.startswith("removed") else None)
     for entry in report:
-        removed = ", ".join(f"{reason} {r['docs']:,} ({r['bytes'] / 1e6:.2f})" for reason, r in sorted(entry["removed"].items()))
+        removed = "\n".join(f"{reason} {r['docs']:,} ({r['bytes'] / 1e6:.2f})" for reason, r in sorted(entry["removed"].items()))
         table.add_row(entry["step"], f"{entry['docs_in']:,}", f"{entry['docs_out']:,}", f"{entry['bytes_in'] / 1e6:.2f}",
                       f"{entry['bytes_out'] / 1e6:.2f}", f"{entry['changed']:,}", removed or "-")
     return table
