@@ -105,6 +105,9 @@ def save_tiny_model(family: str, directory: Path) -> Path:
     config = build_config(family, len(tok), tok)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config)
+    if family == "qwen2":  # an instruct model's generation_config.json: it samples by default
+        g = model.generation_config
+        g.do_sample, g.temperature, g.top_p, g.top_k = True, 0.7, 0.8, 20
     model.save_pretrained(str(directory))
     tok.save_pretrained(str(directory))
     return directory

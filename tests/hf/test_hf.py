@@ -61,6 +61,24 @@ def test_fixed_seed_is_reproducible(backend_of):
     assert [c.text for c in b.generate_batch(batch)] == [c.text for c in b.generate_batch(batch)]
 
 
+def test_sampling_defaults_come_from_generation_config(backend_of):
+    b = backend_of("qwen2")  # generation_config.json: do_sample, temperature 0.7, top_p 0.8, top_k 20
+
+    def config_for(**kw):
+        request = GenerationRequest(prompt="x", **kw)
+        return b._generation_config(b._sampling(request), 2)
+
+    default = config_for()
+    assert (default.do_sample, default.temperature, default.top_p, default.top_k) == (True, 0.7, 0.8, 20)
+    hotter = config_for(temperature=1.2, top_k=0)
+    assert (hotter.do_sample, hotter.temperature, hotter.top_p, hotter.top_k) == (True, 1.2, 0.8, 0)
+    assert config_for(temperature=0).do_sample is False
+    assert config_for(max_tokens=5).max_new_tokens == 5
+    # Unseeded default requests sample: two seeds give two texts.
+    texts = {b.generate(GenerationRequest(prompt="the", seed=s, max_tokens=8)).text for s in (1, 2)}
+    assert len(texts) == 2
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_stream_deltas_concatenate_to_generate(backend_of, family):
     b = backend_of(family)

@@ -152,14 +152,17 @@ class HFBackend(BaseBackend):
             max_new_tokens=max_new, max_length=None, min_new_tokens=None, min_length=None,
             num_beams=1, num_return_sequences=1, pad_token_id=self.pad_id,
             eos_token_id=list(self.stop_ids) or None, do_sample=not sampling.greedy,
-            temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
         )
         if sampling.greedy:
             updates.update(temperature=None, top_p=None, top_k=None, min_p=None, typical_p=None)
+        else:  # unset values keep the model's generation_config.json defaults
+            updates["temperature"] = sampling.temperature
+            if sampling.top_p is not None:
+                updates["top_p"] = sampling.top_p
+            if sampling.top_k is not None:
+                updates["top_k"] = sampling.top_k  # 0: no top-k
         for key, value in updates.items():
             setattr(config, key, value)
-        if sampling.top_k == 0:
-            config.top_k = None if sampling.greedy else 0
         return config
 
     def _batch_tensors(self, prompts: Sequence[list[int]]) -> tuple[Any, Any]:
@@ -347,8 +350,11 @@ class HFBackend(BaseBackend):
         and the tokenizer, so transformers, rung-hf (and rung-torch, for Llama) load it."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        from rung_hf.loading import quiet_progress
+
         model = _unwrap(self.model)
-        model.save_pretrained(str(directory), safe_serialization=True)
+        with quiet_progress(True):
+            model.save_pretrained(str(directory))
         self.hf_tokenizer.save_pretrained(str(directory))
 
     def __repr__(self) -> str:

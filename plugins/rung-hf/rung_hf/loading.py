@@ -233,7 +233,7 @@ def load_model(options: Any) -> tuple[Any, Any, Source]:
     from transformers import AutoModelForCausalLM
 
     try:
-        with _quiet_progress(source.local):
+        with quiet_progress(source.local):
             model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
     except Exception as exc:  # one line for the user, whatever transformers raised
         if _debug():
@@ -247,7 +247,7 @@ def load_model(options: Any) -> tuple[Any, Any, Source]:
     return model, device, source
 
 
-class _quiet_progress:
+class quiet_progress:
     """No "Loading weights" bars for a local load (a download keeps its progress bars)."""
 
     def __init__(self, quiet: bool) -> None:
