@@ -52,8 +52,7 @@ class TorchBackend(BaseBackend):
                 config = self.options.resolve_architecture(vocab_size=tokenizer.vocab_size)
             except ValueError as exc:
                 raise ConfigError(f"backend.model: {exc}") from None
-            with torch.device(self.device):
-                model = Transformer(config, seed=self.options.seed)
+            model = Transformer(config, seed=self.options.seed).to(self.device)
             self.name = self.options.model
         if tokenizer is not None and tokenizer.vocab_size > model.config.vocab_size:
             raise ConfigError(
@@ -83,7 +82,7 @@ class TorchBackend(BaseBackend):
         from rung_torch.weights import save_weights
 
         save_weights(self.model, directory)
-        if self.tokenizer is not None:
+        if self.tokenizer is not None and _is_rank_zero():
             self.tokenizer.save(directory)
 
     def count_tokens(self, text: str) -> int:
@@ -166,6 +165,11 @@ class TorchBackend(BaseBackend):
 
     def __repr__(self) -> str:
         return f"TorchBackend(model={self.name!r}, device={self.device}, precision={self.precision})"
+
+
+def _is_rank_zero() -> bool:
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def _usage(decoder: RowDecoder) -> Usage:

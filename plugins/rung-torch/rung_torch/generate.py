@@ -260,9 +260,10 @@ def generate_tokens(
                 f"the prompt is {length} tokens long, more than the model's context of {context} tokens"
             )
     B, T = len(prompts), max(lengths)
-    total = min(context, T + max(r.max_tokens for r in rows))
     pads = [T - n for n in lengths]
     padded = any(pads)
+    # Cache slots: a left-padded row may run past `context` slots, as its positions start later.
+    total = min(context + max(pads), T + max(r.max_tokens for r in rows))
 
     generators: list[torch.Generator | None] = []
     for sampling in rows:
@@ -279,7 +280,8 @@ def generate_tokens(
         pad_t = torch.tensor(pads, device=device)
         slots = torch.arange(total, device=device)
         valid = slots[None, :] >= pad_t[:, None]  # (B, total): which cache slots hold real tokens
-        positions = (slots[None, :] - pad_t[:, None]).clamp(min=0)  # rotary position of each slot
+        # The rotary position of each slot (clamped: a row past its context is finished already).
+        positions = (slots[None, :] - pad_t[:, None]).clamp(0, context - 1)
         mask = model._mask(valid[:, :T], T, 0)
     with torch.inference_mode():
         forward = FastForward.of(model, dtype)
@@ -293,8 +295,8 @@ def generate_tokens(
                 if decoder.done:
                     continue
                 text = decoder.push(token)
-                if not decoder.done and pos >= total:
-                    text += decoder.finish("length")  # the context is full
+                if not decoder.done and (pos + 1 - pads[i] >= context or pos + 1 >= total):
+                    text += decoder.finish("length")  # prompt + answer fill the context
                 if text or decoder.done:
                     yield Event(i, text, decoder.finish_reason)
             if all(d.done for d in decoders):

@@ -148,7 +148,7 @@ class Decoder(nn.Module):
 class Transformer(nn.Module):
     """The whole language model: `Transformer(config)(input_ids) -> logits`."""
 
-    def __init__(self, config: ModelConfig, seed: int | None = 0) -> None:
+    def __init__(self, config: ModelConfig, seed: int | None = 0, init: bool = True) -> None:
         super().__init__()
         self.config = config
         self.model = Decoder(config)
@@ -160,7 +160,8 @@ class Transformer(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
         # Set by the engine: recompute each block's activations in the backward pass.
         self.activation_checkpointing = False
-        self.init_weights(seed)
+        if init:  # init=False: the weights will be loaded (`rung_torch.weights.load_model`)
+            self.init_weights(seed)
 
     # -- construction
 
@@ -184,12 +185,6 @@ class Transformer(nn.Module):
         """Share the input embedding with the output head when the config ties them."""
         if self.config.tie_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
-
-    def _reset_buffers(self) -> None:
-        """Recompute the rotary tables in place (after `to_empty` from the meta device)."""
-        cos, sin = rotary_tables(self.config.head_dim, self.config.max_seq_len, self.config.rope_theta)
-        self.rope_cos.copy_(cos)
-        self.rope_sin.copy_(sin)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -32,7 +32,13 @@ def save_weights(model: Any, directory: str | Path) -> Path:
     state = model.state_dict()
     if model.config.tie_embeddings:
         state.pop("lm_head.weight", None)
-    tensors = {name: t.detach().to("cpu").contiguous() for name, t in state.items()}
+    # FSDP2 shards parameters as DTensors: gather each whole (every rank must take part).
+    tensors = {
+        name: (t.full_tensor() if hasattr(t, "full_tensor") else t).detach().to("cpu").contiguous()
+        for name, t in state.items()
+    }
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
+        return directory / WEIGHTS_NAME  # rank 0 writes
     tmp = directory / (WEIGHTS_NAME + ".tmp")
     save_file(tensors, str(tmp), metadata={"format": "pt"})
     tmp.replace(directory / WEIGHTS_NAME)
@@ -107,12 +113,11 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Any
         )
     try:
         config = ModelConfig.from_hf(hf)
+    except KeyError as exc:
+        raise RungError(f"{directory}/config.json: no {exc} field (is it a Llama config.json?)") from None
     except Exception as exc:
         raise RungError(f"{directory}/config.json: {exc}") from None
-    with torch.device("meta"):
-        model = Transformer(config, seed=None)
-    model = model.to_empty(device=device)
-    model.tie_weights()  # to_empty makes a new tensor for each module
-    model._reset_buffers()
+    # Built on the CPU, not under `with torch.device(...)`: that context imports torch._dynamo (~5 s).
+    model = Transformer(config, seed=None, init=False)
     load_into(model, read_state_dict(directory), where=str(directory))
-    return model
+    return model.to(device)
