@@ -92,8 +92,8 @@ _MODEL = re.compile(r"\bmodel\b", re.I)
 class HostedBackend(BaseBackend):
     """Base of the hosted-API backends: clients, keys, errors, batches.
 
-    Subclasses set `provider`, `default_base_url`, `base_url_hint` and implement
-    `_client_kwargs()`, `_sdk()` (the SDK module) and the generation methods.
+    Subclasses set `provider`, `default_base_url`, `base_url_env`, `base_url_hint` and
+    implement `_sdk()` (the SDK module), `_sdk_client(async_)` and the generation methods.
     """
 
     provider = "hosted"
@@ -131,9 +131,6 @@ class HostedBackend(BaseBackend):
     # -- clients
     def _secret(self) -> str | None:
         return self._key.value.get_secret_value() if self._key.value is not None else None
-
-    def _client_kwargs(self) -> dict[str, Any]:
-        raise NotImplementedError
 
     def _sdk(self) -> Any:
         raise NotImplementedError
