@@ -602,12 +602,17 @@ def format_report(report: list[dict[str, Any]]) -> Any:
     """The cleaning report as a rich Table (docs and bytes in/out per step, and why removed)."""
     from rich.table import Table
 
-    table = Table(title="cleaning report", title_justify="left")
-    for column in ("step", "docs in", "docs out", "MB in", "MB out", "changed", "removed: docs (MB)"):
-        table.add_column(column, justify="left" if column in ("step", "removed: docs (MB)") else "right",
-                         no_wrap=column != "removed: docs (MB)", min_width=24 if column.startswith("removed") else None)
+    from rich import box
+
+    table = Table(title="cleaning report", title_justify="left", box=box.SIMPLE_HEAD)
+    table.add_column("step", no_wrap=True)
+    table.add_column("docs in→out", justify="right", no_wrap=True)
+    table.add_column("MB in→out", justify="right", no_wrap=True)
+    table.add_column("changed", justify="right", no_wrap=True)
+    table.add_column("removed: docs (MB)", no_wrap=True)
     for entry in report:
         removed = "\n".join(f"{reason} {r['docs']:,} ({r['bytes'] / 1e6:.2f})" for reason, r in sorted(entry["removed"].items()))
-        table.add_row(entry["step"], f"{entry['docs_in']:,}", f"{entry['docs_out']:,}", f"{entry['bytes_in'] / 1e6:.2f}",
-                      f"{entry['bytes_out'] / 1e6:.2f}", f"{entry['changed']:,}", removed or "-")
+        table.add_row(entry["step"], f"{entry['docs_in']:,}→{entry['docs_out']:,}",
+                      f"{entry['bytes_in'] / 1e6:.2f}→{entry['bytes_out'] / 1e6:.2f}",
+                      f"{entry['changed']:,}", removed or "-")
     return table
