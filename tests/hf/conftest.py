@@ -80,6 +80,23 @@ def build_tokenizer(family: str):
     raise ValueError(family)
 
 
+def build_sentencepiece_tokenizer(vocab_size: int = 300):
+    """A Llama-2/Mistral style tokenizer (Metaspace BPE: a lone word decodes without its leading
+    space), the case incremental decoding must get right. No byte-fallback tokens: a random
+    model would emit invalid byte runs, which `tokenizers` decodes differently as a whole."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaTokenizer
+
+    raw = Tokenizer(models.BPE(unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.Metaspace()
+    special = ["<unk>", "<s>", "</s>"]
+    raw.train_from_iterator(corpus(), trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special,
+                                                          show_progress=False))
+    model = json.loads(raw.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    return LlamaTokenizer(vocab=model["vocab"], merges=merges)
+
+
 def build_config(family: str, vocab_size: int, tok):
     from transformers import GPT2Config, LlamaConfig, Qwen2Config
 

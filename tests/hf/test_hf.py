@@ -98,6 +98,21 @@ def test_stream_deltas_concatenate_to_generate(backend_of, family):
     assert b.generate(greedy(prompt="rain", max_tokens=2)).usage.completion_tokens <= 2
 
 
+def test_stream_with_a_sentencepiece_tokenizer(model_dirs):
+    from conftest import build_sentencepiece_tokenizer
+
+    from rung_hf.tokenizer import HFTokenizer
+
+    sp = build_sentencepiece_tokenizer()
+    assert sp.decode(sp.encode("cat", add_special_tokens=False)) == "cat"  # no leading space alone
+    b = rung.backend("hf", model=str(model_dirs["llama"]), tokenizer=HFTokenizer(hf=sp))
+    request = greedy(prompt="the cat sat on the mat", max_tokens=24)
+    done = b.generate(request)
+    deltas = [d.text for d in b.stream(request)]
+    assert "".join(deltas) == done.text
+    assert " " in done.text.strip()  # words keep the spaces between them
+
+
 def test_chat_templates_from_the_tokenizer(backend_of):
     chat = [Message("system", "You are terse."), Message("user", "Hi")]
     qwen = backend_of("qwen2").tokenizer.apply_chat_template(chat)

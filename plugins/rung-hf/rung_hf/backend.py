@@ -413,7 +413,9 @@ class _IncrementalDecoder:
     """Text of a growing token list, a piece at a time, never splitting a character.
 
     Decodes a short window (from the token before the last emitted piece) so that tokenizers
-    which drop a leading space at the start of a decode still give the right text.
+    which drop a leading space at the start of a decode still give the right text; the window
+    starts only after text that decoded whole (no U+FFFD), so invalid byte sequences decode
+    as they do in one piece.
     """
 
     def __init__(self, decode: Any) -> None:
@@ -429,7 +431,9 @@ class _IncrementalDecoder:
         before = self.decode(self.ids[self.prefix:self.read])
         now = self.decode(self.ids[self.prefix:])
         if len(now) > len(before) and not now.endswith("\ufffd"):
-            self.prefix, self.read = self.read, len(self.ids)
+            if "\ufffd" not in now:  # the window only ever starts where the text before is whole
+                self.prefix = self.read
+            self.read = len(self.ids)
             return now[len(before):]
         return ""
 
