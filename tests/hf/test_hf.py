@@ -344,8 +344,11 @@ def test_training_steps_through_torch_engine_lower_the_loss(model_dirs, tmp_path
               if "loss" in json.loads(line)]
     assert result.steps == 10 and len(losses) >= 8
     assert losses[-1] < losses[0] - 0.5
-    # The trained model still generates, and saves in the HF format.
+    # The trained model still generates (in eval mode, then back to the mode it was in) and
+    # saves in the HF format.
+    b.model.train()
     assert b.generate(greedy(prompt="the", max_tokens=3)).usage.completion_tokens >= 1
+    assert b.model.training
     b.save(tmp_path / "trained")
     assert (tmp_path / "trained" / "model.safetensors").is_file()
 

@@ -197,7 +197,7 @@ class HFBackend(BaseBackend):
         if sampling.stop:
             stop_strings = StopStrings(self._decode, sampling.stop, width)
             criteria = StoppingCriteriaList([stop_strings])
-        with self._lock, torch.inference_mode(), _eval_mode(self.model):
+        with self._lock, torch.no_grad(), _eval_mode(self.model):
             if sampling.seed is not None:
                 torch.manual_seed(sampling.seed)
             out = self.model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config,
@@ -263,7 +263,7 @@ class HFBackend(BaseBackend):
 
         def work() -> None:
             try:
-                with torch.inference_mode(), _eval_mode(self.model):
+                with torch.no_grad(), _eval_mode(self.model):
                     if sampling.seed is not None:
                         torch.manual_seed(sampling.seed)
                     self.model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config,
