@@ -22,7 +22,11 @@ def task(tmp_path_factory):
     return str(train), str(held)
 
 
-def train(out, task, trainer, **options):
+class Interrupted(Exception):
+    pass
+
+
+def train(out, task, trainer, stop_at=None, **options):
     config = make_config({
         "output_dir": str(out),
         "backend": {"name": "torch", "model": "test", "device": "cpu", "precision": "fp32"},
@@ -35,7 +39,15 @@ def train(out, task, trainer, **options):
     })
     run = Run(config)
     run.output_dir.mkdir(parents=True, exist_ok=True)
-    result = build(run.plugins, "trainer", config.trainer).train(run)
+    if stop_at is not None:  # a run cut off right after the checkpoint of step `stop_at`
+        def checkpointed(step, path):
+            if step == stop_at:
+                raise Interrupted
+        run.checkpointed = checkpointed
+    try:
+        result = build(run.plugins, "trainer", config.trainer).train(run)
+    except Interrupted:
+        result = None
     run.close()
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [m["eval_loss"] for m in metrics if "eval_loss" in m]
@@ -146,3 +158,14 @@ def test_lora_on_a_transformers_gpt2_through_the_hf_backend(tmp_path, task):
         expected = run.backend().model.eval()(ids).logits
         loaded = PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(base), str(out / "adapter")).eval()
         assert torch.allclose(loaded(ids).logits, expected, atol=1e-4)
+
+
+def test_lora_resumes_from_a_checkpoint_on_the_same_losses(tmp_path, task):
+    common = dict(r=4, learning_rate=1e-2, log_every=4, save_every=4, eval_every=None, eval_size=0,
+                  eval_data=None, resume="auto")
+    _, _, straight, _ = train(tmp_path / "a", task, "lora", steps=12, **common)
+    train(tmp_path / "b", task, "lora", stop_at=8, steps=12, **common)
+    _, result, resumed, _ = train(tmp_path / "b", task, "lora", steps=12, **common)
+    assert result.steps == 12
+    losses = lambda rows: {m["step"]: m["loss"] for m in rows if "loss" in m}  # noqa: E731
+    assert losses(resumed)[12] == pytest.approx(losses(straight)[12], abs=1e-6)

@@ -192,8 +192,12 @@ class LoraTrainer(SFTTrainer):
     def prepare_model(self, run: Run, backend: Any) -> None:
         from rung_lora.adapters import count_parameters, wrap_lora
 
+        import torch
+
         self.base = self._base_reference(run, backend)
-        backend.model = wrap_lora(backend.model, self.options)
+        with torch.random.fork_rng(devices=[]):  # the adapters' initial weights come from the run's seed
+            torch.manual_seed(run.config.seed)
+            backend.model = wrap_lora(backend.model, self.options)
         trainable, total = count_parameters(backend.model)
         run.log(0, {"trainable_params": float(trainable), "total_params": float(total),
                     "trainable_fraction": trainable / max(total, 1)})
