@@ -143,3 +143,28 @@ def test_rows_of_a_batch_each_stop_at_the_context(make_backend):
     batched = backend.generate_batch(requests)
     assert [c.usage.completion_tokens for c in batched] == [4, 12]
     assert batched == [backend.generate(r) for r in requests]
+
+
+def test_wrapped_layers_such_as_adapters_are_used_when_generating(make_backend):
+    backend = make_backend()
+    request = GenerationRequest(prompt="Hello", max_tokens=12)
+    plain = backend.generate(request)
+
+    class Shifted(torch.nn.Module):  # stands in for a LoRA layer around the base projection
+        def __init__(self, base):
+            super().__init__()
+            self.base = base
+
+        def forward(self, x):
+            return self.base(x) + 0.5
+
+    attn = backend.model.model.layers[0].self_attn
+    attn.v_proj = Shifted(attn.v_proj)
+    adapted = backend.generate(request)
+    assert adapted.text != plain.text
+    # Greedy decoding through the cache agrees with the full forward pass of the wrapped model.
+    ids = backend.tokenizer.encode("Hello")
+    with torch.no_grad():
+        for _ in range(12):
+            ids.append(backend.model(torch.tensor([ids]))[0, -1].argmax().item())
+    assert adapted.text == backend.tokenizer.decode(ids[-12:])

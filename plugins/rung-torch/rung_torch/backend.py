@@ -118,6 +118,8 @@ class TorchBackend(BaseBackend):
         from rung_torch.modeling import unwrap
 
         model = unwrap(self.model)
+        if hasattr(model, "get_base_model"):  # peft: the rung Transformer with adapters inside
+            model = model.get_base_model()
         was_training = model.training
         model.eval()
         try:

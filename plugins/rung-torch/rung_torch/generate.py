@@ -12,6 +12,7 @@ string), once at the end otherwise.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -233,6 +234,36 @@ class FastForward:
         return F.rms_norm(x[:, -1], (x.shape[-1],), self.norm, self.eps) @ self.head
 
 
+class ModuleForward:
+    """The same call as `FastForward`, through the modules: for models whose layers were
+    replaced or wrapped (LoRA adapters, quantised linears), which the flat path cannot see."""
+
+    def __init__(self, model: Any, dtype: torch.dtype) -> None:
+        self.model = model
+        param = next(model.parameters())
+        self.autocast = (
+            torch.autocast(param.device.type, dtype=dtype) if dtype != param.dtype else contextlib.nullcontext()
+        )
+
+    def __call__(self, tokens, cache, start, positions=None, mask=None):
+        with self.autocast:
+            logits = self.model(tokens, attention_mask=mask, position_ids=positions, cache=cache, start=start,
+                                last_only=True)
+        return logits[:, -1]
+
+
+def forward_for(model: Any, dtype: torch.dtype):
+    """The fastest forward pass that computes exactly what `model` computes."""
+    from torch import nn
+
+    plain = all(
+        type(module) is nn.Linear
+        for layer in model.model.layers
+        for module in (*layer.self_attn.children(), *layer.mlp.children())
+    ) and type(model.lm_head) is nn.Linear and type(model.model.embed_tokens) is nn.Embedding
+    return FastForward.of(model, dtype) if plain else ModuleForward(model, dtype)
+
+
 def _weights_key(model: Any, dtype: torch.dtype) -> tuple:
     return (dtype,) + tuple((p.data_ptr(), p._version) for p in model.parameters())
 
@@ -284,7 +315,7 @@ def generate_tokens(
         positions = (slots[None, :] - pad_t[:, None]).clamp(0, context - 1)
         mask = model._mask(valid[:, :T], T, 0)
     with torch.inference_mode():
-        forward = FastForward.of(model, dtype)
+        forward = forward_for(model, dtype)
         cache = KVCache.allocate(config, B, total, device, dtype)
         logits = forward(ids, cache, 0, None if positions is None else positions[:, :T], mask)
         pos = T

@@ -203,7 +203,8 @@ class Transformer(nn.Module):
         """Logits (batch, seq, vocab) of `input_ids` (batch, seq).
 
         `attention_mask` (batch, seq) marks real tokens with 1 and padding with 0 (or, with a
-        `cache`, (batch, start + seq) over every cached position). `position_ids` default to
+        `cache`, (batch, start + seq) over every cached position; or a ready boolean mask
+        (batch, 1, seq, start + seq), True where a query may look). `position_ids` default to
         `start + arange(seq)`. With a `cache`, keys and values are written at `start`.
         `last_only` computes the logits of the last position only.
         """
@@ -219,7 +220,12 @@ class Transformer(nn.Module):
             cos, sin = self.rope_cos[start:end], self.rope_sin[start:end]
         else:
             cos, sin = self.rope_cos[position_ids].unsqueeze(1), self.rope_sin[position_ids].unsqueeze(1)
-        mask = self._mask(attention_mask, T, start) if (attention_mask is not None or (start and T > 1)) else None
+        if attention_mask is not None and attention_mask.dim() == 4:
+            mask = attention_mask.to(torch.bool)  # already (batch, 1, T, start + T)
+        elif attention_mask is not None or (start and T > 1):
+            mask = self._mask(attention_mask, T, start)
+        else:
+            mask = None
 
         x = self.model.embed_tokens(input_ids)
         for i, layer in enumerate(self.model.layers):
