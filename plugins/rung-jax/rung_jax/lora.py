@@ -1,0 +1,169 @@
+"""LoRA for rung's JAX model: Flax NNX `nnx.LoRA` adapters with alpha scaling, saved as PEFT.
+
+`apply_lora(model, rank, alpha, targets)` replaces each targeted `nnx.Linear` (by module name:
+`q_proj`, `v_proj`, ...) in place with a `LoRALinear` that keeps the frozen base kernel at the
+same path and adds `nnx.LoRA` factors (`nnx.LoRAParam`): y = x W + (alpha / rank) x A B.
+The engine then trains only the adapters (`wrt=nnx.LoRAParam`); the base weights still save
+under their own names. `save_adapter` writes `adapter_model.safetensors` in PEFT's names
+(`base_model.model.<module path>.lora_A.weight` [r, in], `lora_B.weight` [out, r]) and
+`adapter_config.json`, so `peft.PeftModel.from_pretrained(torch_model, dir)` loads them on a
+rung-torch or transformers Llama; `load_adapter` reads the same files back.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rung.errors import RungError
+
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+class LoRALinear(nnx.Module):
+    """A frozen `nnx.Linear` kernel plus a scaled low-rank update from `nnx.LoRA`."""
+
+    def __init__(self, base: nnx.Linear, rank: int, alpha: float, rngs: nnx.Rngs) -> None:
+        self.kernel = base.kernel  # the same Param: the path `...q_proj.kernel` is unchanged
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.lora = nnx.LoRA(base.in_features, rank, base.out_features, rngs=rngs)
+        self.rank, self.alpha = rank, float(alpha)
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.rank
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.kernel[...].astype(x.dtype)
+        a, b = self.lora.lora_a[...].astype(x.dtype), self.lora.lora_b[...].astype(x.dtype)
+        return x @ kernel + ((x @ a) @ b) * jnp.asarray(self.scaling, x.dtype)
+
+
+def _targets(model: nnx.Module, targets: Sequence[str]) -> list[tuple[tuple[Any, ...], nnx.Module, str]]:
+    found = []
+    for path, module in nnx.iter_modules(model) if hasattr(nnx, "iter_modules") else model.iter_modules():
+        for name in targets:
+            child = getattr(module, name, None)
+            if isinstance(child, (nnx.Linear, LoRALinear)):
+                found.append((tuple(path) + (name,), module, name))
+    return found
+
+
+def apply_lora(model: nnx.Module, rank: int = 8, alpha: float = 16.0,
+               targets: Sequence[str] = DEFAULT_TARGETS, seed: int = 0) -> nnx.Module:
+    """Add LoRA adapters to every Linear named in `targets` (in place; returns the model)."""
+    if rank < 1:
+        raise RungError(f"LoRA rank must be at least 1, got {rank}")
+    found = _targets(model, targets)
+    if not found:
+        raise RungError(f"no linear layer named {', '.join(targets)} in the model: nothing to adapt")
+    rngs = nnx.Rngs(seed)
+    for _, parent, name in found:
+        child = getattr(parent, name)
+        if isinstance(child, LoRALinear):
+            raise RungError(f"{name} already has a LoRA adapter")
+        setattr(parent, name, LoRALinear(child, rank, alpha, rngs))
+    model._lora_config = {"r": rank, "lora_alpha": float(alpha), "target_modules": sorted(set(targets))}
+    return model
+
+
+def lora_modules(model: nnx.Module) -> list[tuple[str, LoRALinear]]:
+    return [(".".join(str(p) for p in path), m) for path, m in
+            (nnx.iter_modules(model) if hasattr(nnx, "iter_modules") else model.iter_modules())
+            if isinstance(m, LoRALinear)]
+
+
+def save_adapter(model: nnx.Module, directory: str | Path, base_model: str | None = None) -> None:
+    """`adapter_model.safetensors` + `adapter_config.json` in PEFT's format."""
+    from safetensors.numpy import save_file
+
+    from rung_jax.weights import host_array
+
+    modules = lora_modules(model)
+    if not modules:
+        raise RungError("the model has no LoRA adapters to save")
+    tensors = {}
+    for path, module in modules:
+        a = host_array(module.lora.lora_a.get_value()).astype(np.float32)  # [in, r]
+        b = host_array(module.lora.lora_b.get_value()).astype(np.float32)  # [r, out]
+        tensors[f"base_model.model.{path}.lora_A.weight"] = np.ascontiguousarray(a.T)
+        tensors[f"base_model.model.{path}.lora_B.weight"] = np.ascontiguousarray(b.T)
+    first = modules[0][1]
+    config = {
+        "peft_type": "LORA",
+        # None, as rung-lora writes for rung models: PeftModel then wraps rung-torch's model
+        # and transformers' LlamaForCausalLM alike ("CAUSAL_LM" needs HF generation methods).
+        "task_type": None,
+        "base_model_name_or_path": base_model,
+        "r": first.rank,
+        "lora_alpha": first.alpha,
+        "lora_dropout": 0.0,
+        "target_modules": sorted({path.rsplit(".", 1)[-1] for path, _ in modules}),
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "inference_mode": True,
+        "init_lora_weights": True,
+        "use_rslora": False,
+        "use_dora": False,
+        "modules_to_save": None,
+    }
+    if jax.process_index() == 0:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / (ADAPTER_WEIGHTS + ".tmp")
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+        tmp.replace(directory / ADAPTER_WEIGHTS)
+        (directory / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2), encoding="utf-8")
+
+
+def load_adapter(model: nnx.Module, directory: str | Path) -> nnx.Module:
+    """Add the adapters saved in `directory` (PEFT format, from rung-jax or peft) to `model`."""
+    from safetensors.numpy import load_file
+
+    directory = Path(directory)
+    try:
+        config = json.loads((directory / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RungError(f"{directory} has no {ADAPTER_CONFIG}: not a LoRA adapter") from None
+    if config.get("use_dora") or config.get("peft_type", "LORA") != "LORA":
+        raise RungError(f"{directory}: only plain LoRA adapters load in the jax backend")
+    targets = config["target_modules"]
+    targets = [targets] if isinstance(targets, str) else list(targets)
+    apply_lora(model, int(config["r"]), float(config["lora_alpha"]), targets)
+    tensors = load_file(str(directory / ADAPTER_WEIGHTS))
+    for path, module in lora_modules(model):
+        for factor, var in (("lora_A", module.lora.lora_a), ("lora_B", module.lora.lora_b)):
+            key = next((k for k in (f"base_model.model.{path}.{factor}.weight",
+                                    f"base_model.model.{path}.{factor}.default.weight") if k in tensors), None)
+            if key is None:
+                raise RungError(f"{directory}: no {factor} weight for {path}")
+            value = tensors[key].T
+            if value.shape != var.get_value().shape:
+                raise RungError(f"{directory}: {key} has shape {tensors[key].shape}, expected "
+                                f"{var.get_value().shape[::-1]}")
+            var.set_value(jnp.asarray(value, var.get_value().dtype))
+    return model
+
+
+def merge_lora(model: nnx.Module) -> nnx.Module:
+    """Fold every adapter into its base kernel and put plain Linears back (in place)."""
+    for _, parent, name in _targets(model, ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                            "down_proj", "lm_head")):
+        child = getattr(parent, name)
+        if not isinstance(child, LoRALinear):
+            continue
+        kernel = child.kernel.get_value()
+        delta = child.lora.lora_a.get_value() @ child.lora.lora_b.get_value() * child.scaling
+        linear = nnx.Linear(child.in_features, child.out_features, use_bias=False, rngs=nnx.Rngs(0))
+        linear.kernel.set_value((kernel + delta).astype(kernel.dtype))
+        setattr(parent, name, linear)
+    return model
