@@ -69,6 +69,9 @@ class TorchEngine:
     def prepare_model(self) -> nn.Module:
         """Move to the device, fp32 trainable weights, checkpointing, wrap, compile."""
         model = self.model
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores
+            torch.backends.cudnn.allow_tf32 = True
         if _device_of(model) != self.device:
             model.to(self.device)
         with torch.no_grad():

@@ -40,13 +40,14 @@ def cpu_has_fast_bf16() -> bool:
 
 def resolve_device(requested: Any = None) -> torch.device:
     """`auto`/None: this process's GPU under torchrun (LOCAL_RANK), else cuda, else cpu."""
-    if isinstance(requested, torch.device):
-        return requested
     name = str(requested or "auto").strip().lower()
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
+        # Under torchrun each process takes its own GPU; alone, the current one.
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "LOCAL_RANK" in os.environ:
+            return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        return torch.device("cuda", torch.cuda.current_device())
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"backend.device: '{requested}' asked for, but torch sees no CUDA GPU")
     try:
