@@ -459,7 +459,7 @@ def prepare(config_or_run: Any, *, force: bool = False, progress: bool | None = 
         if clean_docs == 0:
             raise RungError(f"no documents left after reading and cleaning ({_report_line(report)}); logs in {logs}")
         trained = False
-        if getattr(tokenizer, "is_trained", True) is False or (hasattr(tokenizer, "train") and not getattr(tokenizer, "is_trained", True)):
+        if hasattr(tokenizer, "train") and not getattr(tokenizer, "is_trained", False):
             limit = getattr(getattr(tokenizer, "options", None), "max_training_bytes", None)
             task = display.add("train tokenizer", min(clean_bytes, limit) if limit else clean_bytes)
             tokenizer.train(_counted((text for _, text in read_clean(work / "clean")), display, task))

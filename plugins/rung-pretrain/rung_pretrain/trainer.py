@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -97,7 +99,8 @@ class PretrainTrainer:
 
         parts = _framework_parts(framework, backend)
         recorder = RecordingRun(run, main)
-        evaluator = Evaluator(opts, parts, val, backend, recorder, counted, main, baseline)
+        # Under FSDP every rank takes part in each forward pass: all ranks sample, rank 0 logs.
+        evaluator = Evaluator(opts, parts, val, backend, recorder, counted, main, baseline, sample_here=main or world > 1)
 
         result = engine.fit(parts.objective, counted, opts, recorder, evaluate=evaluator)
 
@@ -106,16 +109,17 @@ class PretrainTrainer:
             metrics["unigram_loss"] = baseline
         if evaluator.last is not None:
             metrics.update(evaluator.last)
+        model_dir = Path(run.output_dir) / "model"
+        backend.save(model_dir)  # every rank: sharded weights are gathered, rank 0 writes
+        samples = []
+        if opts.print_samples and opts.sample_prompts and evaluator.sample_here:
+            samples = evaluator.samples(opts.final_sample_tokens or opts.sample_tokens)
         if main:
-            model_dir = Path(run.output_dir) / "model"
-            backend.save(model_dir)
             if opts.plot:
                 plot_path = _plot(run, recorder, baseline)
                 if plot_path is not None:
                     console.print(f"loss curves: {plot_path}", highlight=False, markup=False)
-            samples = []
-            if opts.print_samples and opts.sample_prompts:
-                samples = evaluator.samples(opts.final_sample_tokens or opts.sample_tokens)
+            if samples:
                 _print_samples(samples, Path(run.output_dir) / "samples.txt")
             console.print(_summary(baseline, metrics.get("val_loss"), result.final_loss), highlight=False, markup=False)
             console.print(f"model saved to {model_dir}", highlight=False, markup=False)
@@ -129,11 +133,38 @@ class PretrainTrainer:
 
 
 def _prepare(run: Any) -> Any:
+    """Prepare the shards; under torchrun rank 0 does it while the other ranks wait, then reuse it."""
     if getattr(run.config, "data", None) is None:
         raise ConfigError("trainer 'pretrain' needs a 'data' section (name: corpus, sources: [...])")
     from rung_pretrain.pipeline import prepare
 
-    return prepare(run)
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return prepare(run)
+    launch = os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("MASTER_PORT", "")
+    marker = Path(run.output_dir) / ".prepared"
+    if rank == 0:
+        try:
+            data = prepare(run)
+        except BaseException:
+            _write(marker, f"{launch} failed")
+            raise
+        _write(marker, f"{launch} ok")
+        return data
+    while True:  # wait for rank 0 (its preparation can take minutes)
+        state = marker.read_text(encoding="utf-8") if marker.is_file() else ""
+        if state == f"{launch} ok":
+            return prepare(run, progress=False)
+        if state == f"{launch} failed":
+            raise RungError("rank 0 could not prepare the data (see its error)")
+        time.sleep(0.5)
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
 
 
 def _use_checkpoint_tokenizer(run: Any) -> Any:
@@ -299,9 +330,11 @@ class Evaluator:
     """`evaluate(model)`: validation loss and perplexity; text samples every `sample_every`."""
 
     def __init__(self, opts: PretrainOptions, parts: FrameworkParts, val: list, backend: Any,
-                 run: RecordingRun, counter: StepCounter, main: bool, baseline: float | None = None) -> None:
+                 run: RecordingRun, counter: StepCounter, main: bool, baseline: float | None = None,
+                 sample_here: bool | None = None) -> None:
         self.opts, self.parts, self.val, self.backend = opts, parts, val, backend
         self.baseline = baseline
+        self.sample_here = main if sample_here is None else sample_here
         self.run, self.counter, self.main = run, counter, main
         self.last: dict[str, float] | None = None
         self._sampled_at = -1
@@ -322,10 +355,10 @@ class Evaluator:
                 self.last = dict(out)
         step = self.counter.step
         every = self.opts.sample_every
-        if self.main and every and self.opts.sample_prompts and step % every == 0 and step != self._sampled_at:
+        if self.sample_here and every and self.opts.sample_prompts and step % every == 0 and step != self._sampled_at:
             self._sampled_at = step
             samples = self.samples(self.opts.sample_tokens, model)
-            if samples:
+            if samples and self.main:
                 self.run.log(step, {f"sample_{i}": prompt + text for i, (prompt, text) in enumerate(samples)})
         return out
 
