@@ -70,10 +70,13 @@ def train(args, strategy: str, out: Path) -> None:
         result = engine.fit(sup.objective, batches, options, run)
     finally:
         run.close()
+    full = engine.state_dict()  # every rank: under FSDP it gathers the shards
     if engine.rank == 0:
+        reference = sup.make_model(0).state_dict()
+        whole = {k: tuple(v.shape) for k, v in full.items()} == {k: tuple(v.shape) for k, v in reference.items()}
         (out / "result.json").write_text(json.dumps(
             {"steps": result.steps, "final_loss": result.final_loss, "checkpoint": result.checkpoint,
-             "world_size": engine.world_size, "strategy": engine.strategy}))
+             "world_size": engine.world_size, "strategy": engine.strategy, "whole_state_dict": whole}))
 
 
 if __name__ == "__main__":

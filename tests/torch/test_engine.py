@@ -201,6 +201,18 @@ def test_a_half_written_checkpoint_is_never_chosen(tmp_path):
         fit(tmp_path, "nowhere", steps=2, resume=str(tmp_path / "missing"))
 
 
+class Finite(sup.CountingTokens):
+    def __next__(self):
+        if self.index == 3:
+            raise StopIteration
+        return super().__next__()
+
+
+def test_a_stream_that_ends_is_a_clear_error(tmp_path):
+    with pytest.raises(RungError, match="the batch stream ran out at step 4 of 6"):
+        fit(tmp_path, stream=Finite(8), steps=6)
+
+
 def test_optimizer_state_round_trips_without_pickle():
     model = sup.make_model(0)
     opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-3, betas=(0.9, 0.95))

@@ -131,4 +131,6 @@ def test_torchrun_two_cpu_processes_match_one_process(tmp_path):
         with safe_open(str(path / "model.safetensors"), "pt") as f:
             assert {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()} == {
                 k: tuple(v.shape) for k, v in reference.items()}
-        assert f'"strategy": "{strategy}"' in (out / strategy / "result.json").read_text()
+        result = (out / strategy / "result.json").read_text()
+        assert f'"strategy": "{strategy}"' in result
+        assert '"whole_state_dict": true' in result  # engine.state_dict() gathers FSDP shards

@@ -62,7 +62,23 @@ class TorchEngine:
 
     def fit(self, objective, batches, options, run, evaluate=None) -> TrainResult:
         """Train `options.steps` optimizer steps of `objective`, resuming as `options.resume` says."""
-        return _Fit(self, objective, batches, options, run, evaluate).run()
+        fit = _Fit(self, objective, batches, options, run, evaluate)
+        self._module = None
+        result = fit.run()
+        self._module = fit.module
+        return result
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The model's whole state dict on the CPU, also after FSDP sharded it.
+
+        Under FSDP every rank must call it (it gathers the shards); a backend saves what rank 0
+        gets. Without FSDP it is `model.state_dict()` on the CPU.
+        """
+        if self.strategy == "fsdp" and getattr(self, "_module", None) is not None:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            return get_model_state_dict(self._module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return {k: v.detach().cpu() for k, v in unwrap(self.model).state_dict().items()}
 
     # ------------------------------------------------------------------ helpers for _Fit
 
@@ -130,7 +146,12 @@ class _Fit:
                 extra: dict[str, Any] = {}
                 tokens = 0
                 for micro in range(accum):
-                    batch = to_device(next(self.batches), self.device)
+                    try:
+                        raw = next(self.batches)
+                    except StopIteration:
+                        raise RungError(f"the batch stream ran out at step {step + 1} of {opts.steps}; "
+                                        "a trainer's stream must be endless") from None
+                    batch = to_device(raw, self.device)
                     ids = batch.get("input_ids")
                     if torch.is_tensor(ids):
                         tokens += ids.numel()
