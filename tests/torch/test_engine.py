@@ -30,12 +30,12 @@ def one_thread():
 
 
 def fit(tmp_path, name="run", model=None, stream=None, precision="fp32", backend=None, objective=None,
-        **training):
+        evaluate=None, **training):
     engine = TorchEngine(model or sup.make_model(0), sup.backend_options(precision=precision, **(backend or {})))
     run = sup.make_run(tmp_path / name)
     try:
         result = engine.fit(objective or sup.objective, stream or sup.CountingTokens(8),
-                            sup.training_options(**training), run)
+                            sup.training_options(**training), run, evaluate=evaluate)
     finally:
         run.close()
     return engine, result, sup.read_metrics(tmp_path / name)
@@ -43,7 +43,18 @@ def fit(tmp_path, name="run", model=None, stream=None, precision="fp32", backend
 
 def test_loss_falls_and_every_metric_is_logged(tmp_path):
     # "auto" precision: bf16 autocast on this CPU when it has AMX/AVX512-BF16, else fp32.
-    engine, result, metrics = fit(tmp_path, precision="auto", steps=30, log_every=5, learning_rate=1e-2)
+    seen = []
+
+    def evaluate(model):
+        seen.append((model.training, torch.is_grad_enabled()))
+        ids = torch.from_numpy(next(sup.CountingTokens(8, seed=99))["input_ids"])
+        return {"val_loss": sup.objective(model, {"input_ids": ids})[0]}
+
+    engine, result, metrics = fit(tmp_path, precision="auto", steps=30, log_every=5, learning_rate=1e-2,
+                                  eval_every=10, evaluate=evaluate)
+    assert seen == [(False, False)] * 3  # steps 10, 20, 30: eval mode, no gradients
+    assert [s for s in metrics if "val_loss" in metrics[s]] == [10, 20, 30]
+    assert metrics[30]["val_loss"] < metrics[10]["val_loss"]
     assert engine.precision.name == ("bf16" if cpu_has_fast_bf16() else "fp32")
     assert sorted(metrics) == [5, 10, 15, 20, 25, 30]
     first, last = metrics[5]["loss"], metrics[30]["loss"]
