@@ -88,9 +88,8 @@ def main() -> None:
         inputs = tok(prompts, return_tensors="pt", padding=True).to(backend.device)
 
         def direct() -> list[list[int]]:
-            with torch.inference_mode():
-                out = model.generate(**inputs, max_new_tokens=args.new_tokens, do_sample=False,
-                                     eos_token_id=backend.stop_ids, pad_token_id=backend.pad_id)
+            out = model.generate(**inputs, max_new_tokens=args.new_tokens, do_sample=False,
+                                 eos_token_id=backend.stop_ids, pad_token_id=backend.pad_id)
             return out[:, inputs["input_ids"].shape[1]:].tolist()
 
         def through_rung() -> list[str]:
