@@ -55,7 +55,7 @@ def test_loss_falls_and_every_metric_is_logged(tmp_path):
     assert seen == [(False, False)] * 3  # steps 10, 20, 30: eval mode, no gradients
     assert [s for s in metrics if "val_loss" in metrics[s]] == [10, 20, 30]
     assert metrics[30]["val_loss"] < metrics[10]["val_loss"]
-    assert engine.precision.name == ("bf16" if cpu_has_fast_bf16() else "fp32")
+    assert engine.precision == ("bf16" if cpu_has_fast_bf16() else "fp32")
     assert sorted(metrics) == [5, 10, 15, 20, 25, 30]
     first, last = metrics[5]["loss"], metrics[30]["loss"]
     assert last < 0.6 * first, (first, last)  # ln(64) = 4.16 at the start

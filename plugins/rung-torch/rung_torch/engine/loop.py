@@ -46,9 +46,9 @@ class TorchEngine:
         self.options = options
         self.device = resolve_device(device if device is not None else getattr(options, "device", "auto"))
         self.rank, self.world_size = dist_.init(self.device)
-        self.precision = Precision(
-            resolve_precision(precision or getattr(options, "precision", "auto"), self.device), self.device
-        )
+        # `precision`: "fp32", "bf16" or "fp16" (as the jax engine has it); `amp`: how to apply it.
+        self.precision = resolve_precision(precision or getattr(options, "precision", "auto"), self.device)
+        self.amp = Precision(self.precision, self.device)
         self.compile = bool(getattr(options, "compile", False))
         self.activation_checkpointing = bool(getattr(options, "activation_checkpointing", False))
         self.strategy = dist_.strategy(getattr(options, "distributed", "auto"), self.world_size)
@@ -128,13 +128,13 @@ class _Fit:
         self.params = [p for p in engine.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(engine.model, opts, self.device)
         self.schedule = CosineSchedule.from_options(opts)
-        self.scaler = engine.precision.scaler()
+        self.scaler = engine.amp.scaler()
         step = self.resume()
         if step >= opts.steps:
             return self.result(step)
         seq_len = None
         flops_token: float | None = None
-        peak = device_peak_flops(self.device, engine.precision.name)
+        peak = device_peak_flops(self.device, engine.precision)
         throughput = Throughput()
         accum = opts.grad_accum_steps
         ddp = engine.strategy == "ddp"
@@ -159,7 +159,7 @@ class _Fit:
                     last = micro == accum - 1
                     no_sync = self.module.no_sync() if ddp and not last else contextlib.nullcontext()
                     with no_sync:
-                        with engine.precision.autocast():
+                        with engine.amp.autocast():
                             loss, metrics = self.objective(self.module, batch)
                         loss = loss.float()
                         scaled = loss / accum
@@ -235,7 +235,7 @@ class _Fit:
         was_training = model.training
         model.eval()
         try:
-            with torch.no_grad(), self.engine.precision.autocast():
+            with torch.no_grad(), self.engine.amp.autocast():
                 out = self.evaluate(model) or {}
         finally:
             model.train(was_training)
@@ -270,7 +270,7 @@ class _Fit:
             }
             state = {
                 "world_size": self.world,
-                "precision": self.engine.precision.name,
+                "precision": self.engine.precision,
                 "schedule": self.schedule.state_dict(),
                 "optimizer": optim_meta,
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
