@@ -243,6 +243,50 @@ def test_offline_hub_id_is_one_line_error(tmp_path):
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
+@pytest.fixture
+def hub_online(monkeypatch):
+    """The environment allows the hub, which lives at a closed local port (refused at once)."""
+    from huggingface_hub import constants
+
+    from rung_hf import loading
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "0")
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    loading.hub_reachable.cache_clear()
+    yield
+    loading.hub_reachable.cache_clear()
+
+
+def test_unreachable_hub_without_offline_setting_fails_fast(hub_online):
+    with pytest.raises(RungError) as caught:
+        rung.backend("hf", model="rung-test/not-in-any-cache")
+    assert str(caught.value) == (
+        "model 'rung-test/not-in-any-cache' is not in the local cache and the hub cannot be reached; "
+        "download it where there is a network or set backend.model to a local directory")
+    with pytest.raises(RungError, match=r"\(backend.local_files_only is set\)"):
+        rung.backend("hf", model="rung-test/not-in-any-cache", local_files_only=True)
+
+
+def test_hub_id_in_the_local_cache_loads_offline(model_dirs, tmp_path, monkeypatch):
+    """A model downloaded earlier (the hub cache layout) loads by its id with no network."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--rung-test--tiny-qwen2"
+    shutil.copytree(model_dirs["qwen2"], repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    b = rung.backend("hf", model="rung-test/tiny-qwen2", max_tokens=3)
+    assert b.generate(greedy(prompt="the")).usage.completion_tokens == 3
+    assert b.tokenizer.apply_chat_template([Message("user", "x")]).startswith("<|im_start|>user")
+    tok = rung.tokenizer("hf", path="rung-test/tiny-qwen2")
+    assert tok.encode("the cat") == b.tokenizer.encode("the cat")
+
+
 def test_bad_model_directories(tmp_path, model_dirs):
     with pytest.raises(rung.ConfigError, match="does not exist"):
         rung.backend("hf", model=str(tmp_path / "missing"))
