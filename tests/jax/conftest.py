@@ -25,7 +25,8 @@ def jax_env(tmp_path_factory) -> dict[str, str]:
     cache = tmp_path_factory.mktemp("jax-cache")
     env = dict(os.environ)
     env.update({
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        # opt level 0: LLVM spends far less time compiling; these tiny models do not care
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0",
         "JAX_PLATFORMS": "cpu",
         "JAX_COMPILATION_CACHE_DIR": str(cache),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",

@@ -59,7 +59,7 @@ def sharded(out: Path) -> None:
     (out / "results.json").write_text(json.dumps(results))
 
 
-def train(out: Path, steps: int, save_every: int, hang_at: int | None) -> None:
+def train(out: Path, steps: int, save_every: int, hang_at: int | None, nan_at: int | None = None) -> None:
     """Train `steps` steps with checkpoints; with `hang_at`, block once that many batches were taken."""
     from rung_jax.engine import JaxEngine
     from rung_jax.objectives import next_token_loss
@@ -67,7 +67,7 @@ def train(out: Path, steps: int, save_every: int, hang_at: int | None) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     run = FileRun(out)
-    stream = HangingStream(VOCAB, BATCH, SEQ, hang_at=hang_at)
+    stream = HangingStream(VOCAB, BATCH, SEQ, hang_at=hang_at, nan_at=nan_at)
     JaxEngine(_model(), precision="fp32").fit(
         next_token_loss, stream, _options(steps=steps, save_every=save_every, resume="auto"), run)
 
@@ -79,12 +79,13 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--save-every", type=int, default=2)
     parser.add_argument("--hang-at", type=int, default=None)
+    parser.add_argument("--nan-at", type=int, default=None)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.command == "sharded":
         sharded(args.out)
     else:
-        train(args.out, args.steps, args.save_every, args.hang_at)
+        train(args.out, args.steps, args.save_every, args.hang_at, args.nan_at)
 
 
 if __name__ == "__main__":

@@ -58,3 +58,14 @@ def test_run_killed_and_resumed_gives_the_same_losses(jax_env, tmp_path):
     assert sorted(got) == list(range(1, steps + 1))
     for step in range(1, steps + 1):
         assert got[step] == expected[step], (step, got[step], expected[step])
+
+
+def test_nan_loss_stops_the_run_naming_the_last_good_checkpoint(jax_env, tmp_path):
+    # batches 4 and 5 make step 3 (grad_accum 2); batch 4 has labels outside the vocabulary
+    proc = run_script(jax_env, "train", str(tmp_path), "--steps", "6", "--save-every", "2", "--nan-at", "4",
+                      check=False)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("rung.errors.RungError: loss became nan at step 3"), proc.stderr[-2000:]
+    assert str(tmp_path / "checkpoints" / "2") in last
+    assert sorted(read_losses(tmp_path)) == [1, 2]

@@ -106,6 +106,7 @@ def test_streaming_sampling_and_stop_strings(shared_checkpoint):
         cut = backend.generate(GenerationRequest(prompt="def main():", max_tokens=20, stop=[stop]))
         assert cut.finish_reason == "stop" and cut.text == whole.text[: whole.text.find(stop)]
     # sampling: the same seed gives the same text, temperature/top-k/top-p change nothing compiled
-    sampled = [backend.generate(GenerationRequest(prompt="x", max_tokens=12, temperature=1.0, top_k=20,
-                                                  top_p=0.9, seed=7)).text for _ in range(2)]
-    assert sampled[0] == sampled[1]
+    sampled = [backend.generate(GenerationRequest(prompt="def main():", max_tokens=20, temperature=1.0,
+                                                  top_k=20, top_p=0.9, seed=seed)).text for seed in (7, 7, 8)]
+    assert sampled[0] == sampled[1] != whole.text
+    assert sampled[2] != sampled[0]
