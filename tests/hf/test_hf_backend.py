@@ -15,7 +15,7 @@ import pytest
 import rung
 from rung import GenerationRequest, Message, RungError
 
-from conftest import FAMILIES
+from hf_models import FAMILIES
 
 PROMPTS = ["the cat", "a dog ran to the park while birds sang", "rain", "over hills rivers and stones"]
 
@@ -99,7 +99,7 @@ def test_stream_deltas_concatenate_to_generate(backend_of, family):
 
 
 def test_stream_with_a_sentencepiece_tokenizer(model_dirs):
-    from conftest import build_sentencepiece_tokenizer
+    from hf_models import build_sentencepiece_tokenizer
 
     from rung_hf.tokenizer import HFTokenizer
 
