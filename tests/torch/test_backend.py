@@ -74,3 +74,24 @@ def test_architecture_overrides_and_options_validate(make_backend):
     assert issubclass(TorchOptions, LocalModelOptions)
     with pytest.raises(ValueError):
         TorchOptions(modle="test")
+
+
+def test_a_transformers_checkpoint_brings_its_own_tokenizer_and_chat_template(tmp_path, byte_tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    byte_tokenizer.save(tmp_path / "rung")
+    hf_tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "rung" / "tokenizer.json"),
+                                           eos_token="<|endoftext|>")
+    hf_tokenizer.chat_template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}[assistant] "
+    hf_tokenizer.save_pretrained(tmp_path / "hf")
+    LlamaForCausalLM(LlamaConfig(
+        vocab_size=byte_tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+    )).save_pretrained(tmp_path / "hf")
+
+    backend = rung.backend("torch", model=str(tmp_path / "hf"), device="cpu")
+    assert type(backend.tokenizer).__name__ == "TransformersTokenizer"
+    assert backend.tokenizer.eos_id == byte_tokenizer.eos_id
+    done = rung.ask(backend, "Hi", max_tokens=4)
+    assert done.usage.prompt_tokens == len("[user] Hi\n[assistant] ")  # bytes, through its template
+    assert 1 <= done.usage.completion_tokens <= 4

@@ -180,7 +180,17 @@ def _usage(decoder: RowDecoder) -> Usage:
 
 def load_checkpoint_tokenizer(directory: Path) -> Tokenizer:
     """The tokenizer saved in a checkpoint folder: rung's (rung-tokenizers) or transformers' files."""
-    if (directory / "tokenizer.json").is_file():
+    import json
+
+    config: dict = {}
+    config_file = directory / "tokenizer_config.json"
+    if config_file.is_file():
+        try:
+            config = json.loads(config_file.read_text(encoding="utf-8"))
+        except ValueError:
+            config = {}
+    written_by_rung = "rung_tokenizer" in config or not config_file.is_file()
+    if (directory / "tokenizer.json").is_file() and written_by_rung:
         try:
             from rung_tokenizers.tokenizer import load_tokenizer
         except ImportError:
