@@ -318,6 +318,11 @@ def test_dtype_option(model_dirs):
     b = rung.backend("hf", model=str(model_dirs["llama"]), dtype="bf16", device="cpu", max_tokens=3)
     assert next(b.model.parameters()).dtype == torch.bfloat16
     assert b.generate(greedy(prompt="the")).usage.completion_tokens == 3
+    # device_map (accelerate) places the model itself; such a model serves but does not train.
+    spread = rung.backend("hf", model=str(model_dirs["llama"]), device_map="auto", max_tokens=2)
+    assert spread.generate(greedy(prompt="the")).usage.completion_tokens == 2
+    with pytest.raises(RungError, match="device_map"):
+        spread.engine()
 
 
 # ---------------------------------------------------------------------- training and interop
