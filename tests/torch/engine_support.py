@@ -5,8 +5,6 @@ Imported by the tests and by the scripts they start in subprocesses (`engine_tra
 
 from __future__ import annotations
 
-import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,30 +22,19 @@ class CountingTokens:
     Batch `i` holds `global_batch` rows; process `rank` of `world_size` gets its slice, so
     1 process x 2B rows sees what 2 processes x B rows see together. The position is the
     batch index: `state_dict()` -> {"index": i}.
-
-    `hang_at` (or env ENGINE_TEST_HANG_AT): on the request for that batch index, write
-    `marker` (env ENGINE_TEST_MARKER) and sleep, so a test can SIGKILL the process mid-run.
     """
 
     def __init__(self, global_batch: int = 8, seq: int = SEQ, vocab: int = VOCAB, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, hang_at: int | None = None, marker: str | None = None):
+                 rank: int = 0, world_size: int = 1):
         assert global_batch % world_size == 0
         self.global_batch, self.seq, self.vocab, self.seed = global_batch, seq, vocab, seed
         self.rank, self.world = rank, world_size
         self.index = 0
-        env_hang = os.environ.get("ENGINE_TEST_HANG_AT")
-        self.hang_at = hang_at if hang_at is not None else (int(env_hang) if env_hang else None)
-        self.marker = marker or os.environ.get("ENGINE_TEST_MARKER")
 
     def __iter__(self):
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        if self.hang_at is not None and self.index == self.hang_at:
-            if self.marker:
-                Path(self.marker).write_text(str(self.index))
-            while True:  # wait for SIGKILL
-                time.sleep(1)
         rng = np.random.default_rng([self.seed, self.index])
         starts = rng.integers(0, self.vocab, size=(self.global_batch, 1))
         strides = rng.integers(1, 4, size=(self.global_batch, 1))

@@ -58,7 +58,7 @@ def transformer_layers(model: nn.Module) -> list[nn.Module]:
     return []
 
 
-def wrap(model: nn.Module, kind: str, device: torch.device) -> nn.Module:
+def wrap(model: nn.Module, kind: str, device: torch.device, precision: str = "fp32") -> nn.Module:
     """The module the training step calls: `model` itself, a DDP wrapper, or FSDP2-sharded."""
     if kind == "none":
         return model
@@ -73,9 +73,16 @@ def wrap(model: nn.Module, kind: str, device: torch.device) -> nn.Module:
 
     broadcast_parameters(model)  # every rank must shard the same initial weights
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    kwargs: dict[str, Any] = {}
+    if device.type == "cuda" and precision in ("bf16", "fp16"):
+        # Gather bf16 weights (half the traffic of fp32 + autocast), reduce gradients in fp32.
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
+        low = torch.bfloat16 if precision == "bf16" else torch.float16
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=low, reduce_dtype=torch.float32)
     for layer in transformer_layers(model):
-        fully_shard(layer, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+        fully_shard(layer, mesh=mesh, **kwargs)
+    fully_shard(model, mesh=mesh, **kwargs)
     return model
 
 

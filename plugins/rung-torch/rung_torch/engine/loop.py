@@ -100,7 +100,7 @@ class TorchEngine:
         model.train()
         if self.compile and self.strategy != "fsdp":
             model.compile()
-        wrapped = dist_.wrap(model, self.strategy, self.device)
+        wrapped = dist_.wrap(model, self.strategy, self.device, self.precision)
         if self.compile and self.strategy == "fsdp":
             model.compile()
         return wrapped
@@ -137,7 +137,7 @@ class _Fit:
         peak = device_peak_flops(self.device, engine.precision)
         throughput = Throughput()
         accum = opts.grad_accum_steps
-        ddp = engine.strategy == "ddp"
+        ddp, fsdp = engine.strategy == "ddp", engine.strategy == "fsdp"
         with _progress(engine.is_main, opts.steps, step) as bar:
             while step < opts.steps:
                 started = time.perf_counter()
@@ -158,6 +158,8 @@ class _Fit:
                         seq_len = ids.shape[-1]
                     last = micro == accum - 1
                     no_sync = self.module.no_sync() if ddp and not last else contextlib.nullcontext()
+                    if fsdp and accum > 1:  # reduce-scatter gradients on the last micro-batch only
+                        self.module.set_requires_gradient_sync(last)
                     with no_sync:
                         with engine.amp.autocast():
                             loss, metrics = self.objective(self.module, batch)
