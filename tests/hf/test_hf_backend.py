@@ -328,14 +328,6 @@ def test_dtype_option(model_dirs):
 # ---------------------------------------------------------------------- training and interop
 
 
-def _engine_available() -> bool:
-    try:
-        import rung_torch.engine  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 class _Tokens:
     """A BatchStream of fixed random token batches (the engine's contract)."""
 
@@ -369,7 +361,6 @@ def _lm_objective(model, batch):
     return loss, {}
 
 
-@pytest.mark.skipif(not _engine_available(), reason="rung_torch.engine has not landed yet")
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_training_steps_through_torch_engine_lower_the_loss(model_dirs, tmp_path, family):
     from rung.config import make_config
@@ -402,15 +393,6 @@ def test_training_steps_through_torch_engine_lower_the_loss(model_dirs, tmp_path
     assert (tmp_path / "trained" / "model.safetensors").is_file()
 
 
-def _torch_backend_available() -> bool:
-    try:
-        import rung_torch.backend  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _torch_backend_available(), reason="rung_torch.backend has not landed yet")
 def test_interop_with_rung_torch(model_dirs, tmp_path):
     import torch
 
