@@ -91,6 +91,16 @@ def test_lora_trains_saves_peft_adapter_and_exports(tmp_path, task):
         peft_logits = PeftModel.from_pretrained(base, str(adapter)).eval()(ids).logits
     assert torch.allclose(peft_logits, expected, atol=1e-4), (peft_logits - expected).abs().max()
 
+    # A backend loads base + adapter for generation.
+    import rung
+    from rung_lora import load_adapter
+
+    served = rung.backend("torch", model=config["base_model_name_or_path"], device="cpu", precision="fp32")
+    load_adapter(served, adapter)
+    with torch.no_grad():
+        assert torch.allclose(served.model(ids), expected, atol=1e-4)
+    assert isinstance(rung.ask(served, "12+34=", max_tokens=3).text, str)
+
     merged = tmp_path / "merged"
     out = CliRunner().invoke(cli, ["export", str(adapter), str(merged)])
     assert out.exit_code == 0, out.output

@@ -55,6 +55,29 @@ def model_context(model: Any) -> int | None:
     return None
 
 
+def framework_parts(run: Run, backend: Any, lora: bool = False) -> tuple[Any, Any]:
+    """The objective and evaluator for the backend's framework.
+
+    Data shaping is framework-neutral (numpy batches); a framework brings
+    `sft_objective(model, batch) -> (loss, metrics)` and an `Evaluator` with the constructor of
+    `rung_lora.torch_ops.Evaluator`: torch's live here, jax's in `rung_jax.sft` (sft only).
+    """
+    framework = getattr(backend, "framework", None)
+    if framework == "torch":
+        from rung_lora import torch_ops
+
+        return torch_ops.sft_objective, torch_ops.Evaluator
+    if framework == "jax" and not lora:
+        try:
+            from rung_jax import sft as jax_sft  # type: ignore[attr-defined]
+        except ImportError:
+            pass
+        else:
+            return jax_sft.sft_objective, jax_sft.Evaluator
+    raise ConfigError(f"trainer '{run.config.trainer.name}' has no objective for backend "
+                      f"'{run.config.backend.name}' (framework: {framework or 'none'})")
+
+
 class SFTTrainer:
     """Full fine-tuning: every weight trains, loss on the assistant's tokens by default."""
 
@@ -121,13 +144,9 @@ class SFTTrainer:
         return self.options.resume != "never" and folder.is_dir() and any(folder.iterdir())
 
     def train(self, run: Run) -> TrainResult:
-        from rung_lora.torch_ops import Evaluator, sft_objective
-
         opts = self.options
         backend = run.backend()
-        if getattr(backend, "framework", None) != "torch":
-            raise ConfigError(f"trainer '{run.config.trainer.name}' trains torch backends; backend "
-                              f"'{run.config.backend.name}' is {getattr(backend, 'framework', None) or 'not trainable'}")
+        sft_objective, Evaluator = framework_parts(run, backend, lora=isinstance(opts, LoraOptions))
         if isinstance(opts, LoraOptions) and opts.qlora:
             from rung_lora.adapters import quantize_4bit  # noqa: F401 - fail before reading data
             import torch
