@@ -86,12 +86,15 @@ class RungTokenizer:
     @property
     def special_tokens(self) -> dict[str, int]:
         self._require_trained()
-        out = {}
-        for token in self._special_names:
-            token_id = self._hf.token_to_id(token)
-            if token_id is not None:
-                out[token] = token_id
-        return out
+        cached = getattr(self, "_special_cache", None)
+        if cached is None or cached[0] is not self._hf:
+            out = {}
+            for token in self._special_names:
+                token_id = self._hf.token_to_id(token)
+                if token_id is not None:
+                    out[token] = token_id
+            cached = self._special_cache = (self._hf, out)
+        return dict(cached[1])
 
     @property
     def eos_id(self) -> int | None:
