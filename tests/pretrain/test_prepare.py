@@ -133,6 +133,7 @@ def test_rung_prepare_command_without_dedup(tmp_path):
     import yaml
 
     settings = config(tmp_path, corpus, workers=1)
+    settings["output_dir"] = str(corpus / "run")  # outputs inside the corpus are never read back
     settings["tokenizer"] = {"name": "byte"}
     path.write_text(yaml.safe_dump(settings))
     args = ["prepare", str(path), "data.clean.minhash=false", "data.clean.exact_dedup=false",
@@ -140,7 +141,7 @@ def test_rung_prepare_command_without_dedup(tmp_path):
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert "cleaning report" in result.output and "dedup" not in result.output
-    manifest = json.loads((tmp_path / "run" / "data" / "manifest.json").read_text())
+    manifest = json.loads((corpus / "run" / "data" / "manifest.json").read_text())
     assert manifest["documents"] == len(keep) + 2  # the duplicate and the near duplicate stay
     assert manifest["tokenizer"]["class"] == "ByteTokenizer" and manifest["tokenizer"]["vocab_size"] == 263
     result = CliRunner().invoke(cli, args)

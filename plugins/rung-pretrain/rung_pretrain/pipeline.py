@@ -128,12 +128,17 @@ def shards_dir(config: Any) -> Path:
     return Path(data.shards.dir) if data.shards.dir else Path(config.output_dir) / "data"
 
 
-def build_sources(options: Any) -> list[Any]:
+def build_sources(options: Any, ignore: tuple[str | Path, ...] = ()) -> list[Any]:
+    """The corpus's sources; folders in `ignore` (the run's outputs) are never read."""
     from rung.plugins import get_plugins
     from rung.runner import build
 
     plugins = get_plugins()
-    return [build(plugins, "data_source", source) for source in options.sources]
+    sources = [build(plugins, "data_source", source) for source in options.sources]
+    for source in sources:
+        if hasattr(source, "ignore_dirs"):
+            source.ignore_dirs = tuple(os.path.abspath(str(p)) for p in ignore)
+    return sources
 
 
 def _tokenizer_section(config: Any) -> dict[str, Any]:
@@ -413,7 +418,7 @@ def prepare(config_or_run: Any, *, force: bool = False, progress: bool | None = 
     run, config, tokenizer = _resolve(config_or_run)
     options = _data_options(config)
     out = shards_dir(config)
-    sources = build_sources(options)
+    sources = build_sources(options, ignore=(out, config.output_dir))
     from rung_pretrain.sources.base import Unit
 
     units = [Unit(i, key, size) for i, source in enumerate(sources) for key, size in source.units()]

@@ -50,6 +50,7 @@ class FilesSource(SourceBase):
         super().__init__(options)
         self._units: list[tuple[str, int]] | None = None
         self._names: dict[str, str] = {}
+        self.ignore_dirs: tuple[str, ...] = ()  # absolute folders never read (a run's own outputs)
 
     # ---------------------------------------------------------------- listing
 
@@ -67,7 +68,8 @@ class FilesSource(SourceBase):
 
     def _walk(self, folder: str) -> Iterator[str]:
         for root, dirs, files in os.walk(folder):
-            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in SKIP_DIRS and self._keep_dir(root, d))
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in SKIP_DIRS and self._keep_dir(root, d)
+                             and os.path.abspath(os.path.join(root, d)) not in self.ignore_dirs)
             for name in sorted(files):
                 if not name.startswith("."):
                     yield os.path.join(root, name)
@@ -102,6 +104,8 @@ class FilesSource(SourceBase):
                 if not os.path.isfile(path) or not self._accept(path, from_folder):
                     continue
                 key = os.path.abspath(path)
+                if any(key.startswith(folder + os.sep) for folder in self.ignore_dirs):
+                    continue
                 if key not in found:
                     found[key] = os.path.getsize(key)
                     self._names[key] = os.path.relpath(key, os.path.abspath(base or ".")).replace(os.sep, "/")
