@@ -296,6 +296,13 @@ def test_bad_model_directories(tmp_path, model_dirs):
     (pickled / "pytorch_model.bin").write_bytes(b"not loaded")
     with pytest.raises(RungError, match="safetensors only"):
         rung.backend("hf", model=str(pickled))
+    bare = tmp_path / "no-tokenizer"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (bare / name).write_bytes((model_dirs["gpt2"] / name).read_bytes())
+    with pytest.raises(RungError, match="holds no tokenizer.*backend.tokenizer"):
+        rung.backend("hf", model=str(bare))
+    assert rung.backend("hf", model=str(bare), tokenizer=str(model_dirs["gpt2"])).tokenizer.vocab_size > 256
     with pytest.raises(rung.ConfigError, match="dtype"):
         rung.backend("hf", model=str(model_dirs["gpt2"]), dtype="float8")
 

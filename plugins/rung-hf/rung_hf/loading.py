@@ -280,7 +280,8 @@ def load_tokenizer(name: str, *, field: str, revision: str | None = None, trust_
         if source.local and not (path / "tokenizer_config.json").is_file() and (path / "tokenizer.json").is_file():
             return _from_tokenizer_json(path / "tokenizer.json")
         if source.local and not any(path.glob("tokenizer*")) and not (path / "vocab.json").is_file():
-            raise RungError(f"{field}: '{name}' holds no tokenizer (tokenizer.json or tokenizer_config.json)")
+            hint = "; set backend.tokenizer, or give the run a tokenizer section" if field.startswith("backend") else ""
+            raise RungError(f"{field}: '{name}' holds no tokenizer (tokenizer.json or tokenizer_config.json){hint}")
         from transformers import AutoTokenizer
 
         kwargs: dict[str, Any] = dict(trust_remote_code=trust_remote_code)

@@ -141,9 +141,14 @@ class HFTokenizer:
 
 
 def as_hf_tokenizer(tokenizer: Any) -> Any:
-    """A transformers tokenizer for any rung Tokenizer: its own, or loaded from what it saves."""
+    """A transformers tokenizer for any rung Tokenizer (its own, or loaded from what it saves),
+    or for a folder / hub id given as a string (`rung.backend("hf", model=..., tokenizer="dir")`)."""
     if isinstance(tokenizer, HFTokenizer):
         return tokenizer.hf
+    if isinstance(tokenizer, (str, Path)):
+        from rung_hf.loading import load_tokenizer
+
+        return load_tokenizer(str(tokenizer), field="backend.tokenizer")
     if hasattr(tokenizer, "apply_chat_template") and hasattr(tokenizer, "pad_token_id") and hasattr(tokenizer, "batch_decode"):
         return tokenizer  # already a transformers tokenizer
     import tempfile
