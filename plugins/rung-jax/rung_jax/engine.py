@@ -292,8 +292,17 @@ class _Fit:
         return {key: float(value) for key, value in out.items()}
 
     def finish(self) -> None:
-        """Hand the trained weights back to the model the backend holds."""
-        nnx.update(self.engine.model, self.params)
+        """Hand the trained weights back to the model the backend holds.
+
+        Multi-host: the weights are gathered whole onto every host first, so process 0 alone
+        can save or sample from them (a trainer saves the final model from rank 0 only).
+        """
+        params = self.params
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            params = jax.tree.map(jnp.asarray, multihost_utils.process_allgather(params, tiled=True))
+        nnx.update(self.engine.model, params)
         self.close()
 
     def result(self, step: int) -> TrainResult:

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rung.errors import RungError
+from rung.errors import ConfigError, RungError
 from rung.model_config import ModelConfig
 
 WEIGHTS_NAME = "model.safetensors"
@@ -112,7 +112,7 @@ def load_model(directory: str | Path, config: ModelConfig | None = None) -> nnx.
 
     directory = Path(directory)
     if not (directory / "config.json").is_file():
-        raise RungError(f"{directory} has no config.json: not a model checkpoint")
+        raise ConfigError(f"backend.model: {directory} has no config.json: not a model checkpoint")
     config = config or ModelConfig.load(directory)
     hf = json.loads((directory / "config.json").read_text(encoding="utf-8"))
     if hf.get("model_type", "llama") != "llama":
