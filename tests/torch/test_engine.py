@@ -210,6 +210,8 @@ def test_a_half_written_checkpoint_is_never_chosen(tmp_path):
     assert done.steps == 8 and done.final_loss == straight[8]["loss"] and nothing == {}
     with pytest.raises(RungError, match="no complete checkpoint"):
         fit(tmp_path, "nowhere", steps=2, resume=str(tmp_path / "missing"))
+    with pytest.raises(RungError, match="does not fit this model"):
+        fit(tmp_path, "other-model", model=sup.TinyLM(), steps=2, resume=str(root))
 
 
 class Finite(sup.CountingTokens):

@@ -305,8 +305,15 @@ class _Fit:
                 f"{self.world}; resume with the same number (torchrun --nproc_per_node) or resume: never"
             )
         optim_sd = ckpt.unflatten_optimizer(ckpt.load_tensors(path, "optimizer"), state["optimizer"])
-        load_full_state(self.module, self.optimizer, ckpt.load_tensors(path, "model"), optim_sd,
-                        self.engine.strategy == "fsdp")
+        try:
+            load_full_state(self.module, self.optimizer, ckpt.load_tensors(path, "model"), optim_sd,
+                            self.engine.strategy == "fsdp")
+        except (RuntimeError, KeyError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RungError(
+                f"checkpoint {path} does not fit this model ({first[:200]}); "
+                "set trainer.resume: never or use another output_dir"
+            ) from None
         self.schedule.load_state_dict(state.get("schedule", {}))
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
