@@ -6,7 +6,7 @@ tokens/s of both (wall clock, and per CPU-second: steadier on a shared machine),
 precision each used, and the ratio (goal: >= 2x); also rung forced to bf16, to show why
 precision "auto" decodes in fp32 on a CPU.
 
-    .venv/bin/python benchmarks/torch_decode.py [--preset small] [--vocab 8192] [--new 128] [--threads N]
+    .venv/bin/python benchmarks/torch_decode.py [--preset small] [--vocab 8192] [--new 128] [--threads 1]
 """
 
 from __future__ import annotations
@@ -52,7 +52,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 run of rung")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads for both (0: torch's default). 1 by default: on a shared "
+                             "2-core machine multi-threaded steps wait for descheduled workers and the timings "
+                             "say more about the neighbours than the code")
     args = parser.parse_args()
 
     import torch

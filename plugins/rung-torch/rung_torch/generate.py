@@ -233,6 +233,35 @@ class FastForward:
             x = x + (F.silu(gate) * up) @ w_down
         return F.rms_norm(x[:, -1], (x.shape[-1],), self.norm, self.eps) @ self.head
 
+    def step(self, tokens: torch.Tensor, cache: KVCache, pos: int,
+             positions: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """One decoding step: logits (B, vocab) after `tokens` (B,), written at cache slot `pos`.
+
+        The same computation as `__call__` with one token per row, on 2-D (B, dim) activations
+        so each residual add folds into its matrix product (`addmm`).
+        """
+        B = tokens.shape[0]
+        nh, nkv, hd, group = self.n_heads, self.n_kv, self.head_dim, self.group
+        qk_size, dim = self.q_size + self.kv_size, self.embed.shape[1]
+        if positions is None:
+            cos, sin = self.cos[pos], self.sin[pos]  # (hd,)
+        else:
+            cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)  # (B, 1, hd)
+        x = F.embedding(tokens, self.embed)
+        for i, (w_in, w_qkv, w_o, w_post, w_gu, w_down) in enumerate(self.layers):
+            qkv = F.rms_norm(x, (dim,), w_in, self.eps) @ w_qkv
+            qk = qkv[:, :qk_size].view(B, nh + nkv, hd)
+            qk = torch.addcmul(qk * cos, qk.roll(hd // 2, dims=-1), sin)
+            k_cache, v_cache = cache.k[i], cache.v[i]
+            k_cache[:, :, pos] = qk[:, nh:]
+            v_cache[:, :, pos] = qkv[:, qk_size:].view(B, nkv, hd)
+            q = qk[:, :nh].view(B, nkv, group, hd)
+            y = F.scaled_dot_product_attention(q, k_cache[:, :, :pos + 1], v_cache[:, :, :pos + 1], attn_mask=mask)
+            x = torch.addmm(x, y.view(B, nh * hd), w_o)
+            gate, up = (F.rms_norm(x, (dim,), w_post, self.eps) @ w_gu).chunk(2, dim=-1)
+            x = torch.addmm(x, F.silu(gate).mul_(up), w_down)
+        return F.rms_norm(x, (dim,), self.norm, self.eps) @ self.head
+
 
 class ModuleForward:
     """The same call as `FastForward`, through the modules: for models whose layers were
@@ -251,6 +280,9 @@ class ModuleForward:
                                 last_only=True)
         return logits[:, -1]
 
+    def step(self, tokens, cache, pos, positions=None, mask=None):
+        return self(tokens[:, None], cache, pos, None if positions is None else positions[:, None], mask)
+
 
 def forward_for(model: Any, dtype: torch.dtype):
     """The fastest forward pass that computes exactly what `model` computes."""
@@ -266,6 +298,26 @@ def forward_for(model: Any, dtype: torch.dtype):
 
 def _weights_key(model: Any, dtype: torch.dtype) -> tuple:
     return (dtype,) + tuple((p.data_ptr(), p._version) for p in model.parameters())
+
+
+# Below this many multiply-adds a CPU step runs on one thread: a decoding step of a small model
+# gains little from more, and on a busy machine (more runnable threads than cores) waiting for
+# a descheduled OpenMP worker made steps 30x slower. Larger steps use torch's thread count.
+SINGLE_THREAD_WORK = 2**28
+
+
+@contextlib.contextmanager
+def cpu_threads(device: torch.device, work: int) -> Iterator[None]:
+    """Run a step of `work` multiply-adds on one CPU thread if it is small (see above)."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1 or work > SINGLE_THREAD_WORK:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def generate_tokens(
@@ -317,11 +369,14 @@ def generate_tokens(
     with torch.inference_mode():
         forward = forward_for(model, dtype)
         cache = KVCache.allocate(config, B, total, device, dtype)
-        logits = forward(ids, cache, 0, None if positions is None else positions[:, :T], mask)
+        n_params = sum(p.numel() for p in model.parameters())
+        with cpu_threads(device, n_params * B * T):
+            logits = forward(ids, cache, 0, None if positions is None else positions[:, :T], mask)
         pos = T
         while True:
-            tokens = choose(logits, rows, generators)
-            for i, token in enumerate(tokens.tolist()):
+            with cpu_threads(device, n_params * B):
+                tokens = choose(logits, rows, generators).tolist()
+            for i, token in enumerate(tokens):
                 decoder = decoders[i]
                 if decoder.done:
                     continue
@@ -334,6 +389,7 @@ def generate_tokens(
                 return
             step_positions = None
             if padded:
-                step_positions, mask = positions[:, pos:pos + 1], valid[:, None, None, :pos + 1]
-            logits = forward(tokens[:, None], cache, pos, step_positions, mask)
+                step_positions, mask = positions[:, pos], valid[:, None, None, :pos + 1]
+            with cpu_threads(device, n_params * B):
+                logits = forward.step(torch.tensor(tokens, device=device), cache, pos, step_positions, mask)
             pos += 1

@@ -111,6 +111,13 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Any
             f"{directory}: config.json is a '{model_type}' model; the torch backend runs Llama-style "
             "models (use the hf backend for other architectures)"
         )
+    scaling = hf.get("rope_scaling") or {}
+    rope_type = scaling.get("rope_type") or scaling.get("type") or (hf.get("rope_parameters") or {}).get("rope_type")
+    if rope_type not in (None, "default"):
+        raise RungError(
+            f"{directory}: config.json scales rotary positions ('{rope_type}'), which rung's model does not; "
+            "use the hf backend for this checkpoint"
+        )
     try:
         config = ModelConfig.from_hf(hf)
     except KeyError as exc:
