@@ -1,8 +1,8 @@
 """LoRA training throughput: rung's `lora` trainer on the torch engine vs a plain PyTorch loop.
 
 Both train the same peft model (rung's Llama-style `small` preset, LoRA r=16 on q/k/v/o, the
-byte tokenizer), on the same batches (prompt/completion pairs cut from tinyshakespeare, loss
-on the completion), at the same precision (the engine's "auto": bf16 autocast on CPUs with
+byte tokenizer), on the same batches (prompt/completion pairs cut from tinyshakespeare, ~240
+tokens a row, loss on the completion), at the same precision (the engine's "auto": bf16 autocast on CPUs with
 AMX, and on GPUs), with the same AdamW, clipping and schedule. Each phase runs in its own
 process (so peak memory is its own); phases alternate and the median is reported.
 
@@ -28,7 +28,7 @@ from pathlib import Path
 CORPUS = Path(os.environ.get("RUNG_BENCH_TEXT", "/work/shared/data/tinyshakespeare.txt"))
 
 
-def write_data(folder: Path, count: int = 512, prompt_chars: int = 192, completion_chars: int = 96) -> Path:
+def write_data(folder: Path, count: int = 512, prompt_chars: int = 160, completion_chars: int = 64) -> Path:
     if CORPUS.is_file():
         text = CORPUS.read_text(encoding="utf-8")
     else:  # any text will do: the figures are about speed, not what is learned
@@ -81,6 +81,7 @@ def phase_plain(args, data: Path, out: Path) -> dict:
     from rung_lora.options import LoraOptions
     from rung_lora.templates import make_renderer
     from rung_lora.torch_ops import masked_token_loss
+    from rung_lora.trainer import model_context
     from rung_torch.engine.metrics import peak_memory_mb
     from rung_torch.engine.precision import resolve_device, resolve_precision
 
@@ -95,7 +96,8 @@ def phase_plain(args, data: Path, out: Path) -> dict:
     model.train()
     trainable, total = count_parameters(model)
     renderer = make_renderer("auto", tokenizer)
-    rows = prepare_rows(run.data().read(), renderer, tokenizer, max_length=opts.max_length).rows
+    max_length = min(opts.max_length, model_context(backend.model) or opts.max_length)  # as the trainer does
+    rows = prepare_rows(run.data().read(), renderer, tokenizer, max_length=max_length).rows
     batches = SFTBatches(rows, opts.batch_size, seed=0, pad_id=tokenizer.pad_id or 0)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=opts.learning_rate, betas=opts.betas, weight_decay=opts.weight_decay,
