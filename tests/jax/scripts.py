@@ -72,18 +72,76 @@ def train(out: Path, steps: int, save_every: int, hang_at: int | None, nan_at: i
         next_token_loss, stream, _options(steps=steps, save_every=save_every, resume="auto"), run)
 
 
+def multihost(out: Path, process_id: int, processes: int, port: int) -> None:
+    """One of `processes` JAX processes (jax.distributed over gloo), each reading its own slice."""
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    from rung_jax.engine import JaxEngine
+    from rung_jax.objectives import next_token_loss
+    from rung_jax.options import DistributedOptions, JaxOptions
+    from tests.jax.helpers import RecordingRun, SmallStream
+
+    options = JaxOptions(distributed=DistributedOptions(coordinator_address=f"127.0.0.1:{port}",
+                                                        num_processes=processes, process_id=process_id))
+    from rung_jax import runtime
+
+    runtime.initialize_distributed(options.distributed)  # before any device is touched (as the backend does)
+    engine = JaxEngine(_model(), options, precision="fp32")
+    assert (engine.rank, engine.world_size) == (process_id, processes)
+    run = RecordingRun(out)
+    stream = SmallStream(VOCAB, BATCH // processes, SEQ, seed=process_id)
+    engine.fit(next_token_loss, stream, _options(save_every=2), run)
+    if process_id == 0:
+        (out / "losses.json").write_text(json.dumps([m["loss"] for _, m in run.logs]))
+
+
+def concatenated(out: Path, processes: int) -> None:
+    """The same global batches in one process: every process's slice, concatenated."""
+    import numpy as np
+
+    from rung_jax.engine import JaxEngine
+    from rung_jax.objectives import next_token_loss
+    from tests.jax.helpers import RecordingRun, SmallStream
+
+    class Concat:
+        def __init__(self):
+            self.parts = [SmallStream(VOCAB, BATCH // processes, SEQ, seed=i) for i in range(processes)]
+
+        def __next__(self):
+            batches = [next(p) for p in self.parts]
+            return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+
+        def state_dict(self):
+            return {}
+
+        def load_state_dict(self, state):
+            pass
+
+    run = RecordingRun(out)
+    JaxEngine(_model(), precision="fp32").fit(next_token_loss, Concat(), _options(), run)
+    (out / "losses.json").write_text(json.dumps([m["loss"] for _, m in run.logs]))
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("command", choices=["sharded", "train"])
+    parser.add_argument("command", choices=["sharded", "train", "multihost", "concatenated"])
     parser.add_argument("out", type=Path)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--save-every", type=int, default=2)
     parser.add_argument("--hang-at", type=int, default=None)
     parser.add_argument("--nan-at", type=int, default=None)
+    parser.add_argument("--process-id", type=int, default=0)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--port", type=int, default=12355)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.command == "sharded":
         sharded(args.out)
+    elif args.command == "multihost":
+        multihost(args.out, args.process_id, args.processes, args.port)
+    elif args.command == "concatenated":
+        concatenated(args.out, args.processes)
     else:
         train(args.out, args.steps, args.save_every, args.hang_at, args.nan_at)
 

@@ -10,6 +10,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from tests.jax.helpers import ROOT, read_losses, run_script
 
@@ -69,3 +70,25 @@ def test_nan_loss_stops_the_run_naming_the_last_good_checkpoint(jax_env, tmp_pat
     assert last.startswith("rung.errors.RungError: loss became nan at step 3"), proc.stderr[-2000:]
     assert str(tmp_path / "checkpoints" / "2") in last
     assert sorted(read_losses(tmp_path)) == [1, 2]
+
+
+@pytest.mark.skipif(not os.environ.get("RUNG_TEST_MULTIHOST"), reason="set RUNG_TEST_MULTIHOST=1 (two JAX processes)")
+def test_two_processes_with_jax_distributed_equal_one_process(jax_env, tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**jax_env, "XLA_FLAGS": jax_env["XLA_FLAGS"].replace("device_count=4", "device_count=2")}
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.jax.scripts", "multihost", str(tmp_path / "multi"),
+                               "--process-id", str(i), "--processes", "2", "--port", str(port)],
+                              env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for i in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=900)
+        assert proc.returncode == 0, err.decode()[-3000:]
+    run_script(jax_env, "concatenated", str(tmp_path / "single"), "--processes", "2")
+    multi = json.loads((tmp_path / "multi" / "losses.json").read_text())
+    single = json.loads((tmp_path / "single" / "losses.json").read_text())
+    np.testing.assert_allclose(multi, single, rtol=1e-5)
+    assert (tmp_path / "multi" / "checkpoints" / "2").is_dir()
