@@ -167,3 +167,16 @@ def test_batches_are_deterministic_and_resume(byte_tok):
     ranks = [SFTBatches(rows, batch_size=2, seed=1, rank=r, world_size=2) for r in range(2)]
     first = [next(r)["input_ids"].shape[0] for r in ranks]
     assert first == [2, 2]
+
+
+def test_hugging_face_datasets_source(tmp_path):
+    pytest.importorskip("datasets")
+    from rung_lora.data import ChatHF
+    from rung_lora.options import ChatHFOptions
+
+    path = write(tmp_path / "d.jsonl", [json.dumps({"q": "2+2=", "a": "4"}), json.dumps({"q": "1+1="})])
+    options = ChatHFOptions(dataset="json", data_files=str(path), prompt_field="q", completion_field="a")
+    reader = ChatHF(options).read()
+    assert next(reader).messages == (Message("user", "2+2="), Message("assistant", "4"))
+    with pytest.raises(RungError, match=r"json\[train\]\[1\]: needs"):
+        next(reader)
