@@ -168,3 +168,10 @@ def test_wrapped_layers_such_as_adapters_are_used_when_generating(make_backend):
         for _ in range(12):
             ids.append(backend.model(torch.tensor([ids]))[0, -1].argmax().item())
     assert adapted.text == backend.tokenizer.decode(ids[-12:])
+
+
+def test_a_stream_leaves_grad_mode_alone_between_deltas(make_backend):
+    backend = make_backend()
+    seen = [torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+            for _ in backend.stream(GenerationRequest(prompt="Hello", max_tokens=5))]
+    assert seen and all(seen)

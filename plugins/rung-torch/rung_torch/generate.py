@@ -307,15 +307,17 @@ SINGLE_THREAD_WORK = 2**28
 
 
 @contextlib.contextmanager
-def cpu_threads(device: torch.device, work: int) -> Iterator[None]:
-    """Run a step of `work` multiply-adds on one CPU thread if it is small (see above)."""
+def computing(device: torch.device, work: int) -> Iterator[None]:
+    """Inference mode, and one CPU thread for a step of `work` multiply-adds if it is small."""
     threads = torch.get_num_threads()
     if device.type != "cpu" or threads == 1 or work > SINGLE_THREAD_WORK:
-        yield
+        with torch.inference_mode():
+            yield
         return
     torch.set_num_threads(1)
     try:
-        yield
+        with torch.inference_mode():
+            yield
     finally:
         torch.set_num_threads(threads)
 
@@ -366,30 +368,32 @@ def generate_tokens(
         # The rotary position of each slot (clamped: a row past its context is finished already).
         positions = (slots[None, :] - pad_t[:, None]).clamp(0, context - 1)
         mask = model._mask(valid[:, :T], T, 0)
-    with torch.inference_mode():
+    # Compute runs under inference mode and, when small, on one CPU thread; neither is left on
+    # while the caller has the text (a stream's consumer runs between our steps).
+    n_params = sum(p.numel() for p in model.parameters())
+    with computing(device, n_params * B * T):
         forward = forward_for(model, dtype)
         cache = KVCache.allocate(config, B, total, device, dtype)
-        n_params = sum(p.numel() for p in model.parameters())
-        with cpu_threads(device, n_params * B * T):
-            logits = forward(ids, cache, 0, None if positions is None else positions[:, :T], mask)
-        pos = T
-        while True:
-            with cpu_threads(device, n_params * B):
-                tokens = choose(logits, rows, generators).tolist()
-            for i, token in enumerate(tokens):
-                decoder = decoders[i]
-                if decoder.done:
-                    continue
-                text = decoder.push(token)
-                if not decoder.done and (pos + 1 - pads[i] >= context or pos + 1 >= total):
-                    text += decoder.finish("length")  # prompt + answer fill the context
-                if text or decoder.done:
-                    yield Event(i, text, decoder.finish_reason)
-            if all(d.done for d in decoders):
-                return
-            step_positions = None
-            if padded:
-                step_positions, mask = positions[:, pos], valid[:, None, None, :pos + 1]
-            with cpu_threads(device, n_params * B):
-                logits = forward.step(torch.tensor(tokens, device=device), cache, pos, step_positions, mask)
-            pos += 1
+        logits = forward(ids, cache, 0, None if positions is None else positions[:, :T], mask)
+    pos = T
+    while True:
+        with computing(device, n_params * B):
+            next_tokens = choose(logits, rows, generators)
+            tokens = next_tokens.tolist()
+        for i, token in enumerate(tokens):
+            decoder = decoders[i]
+            if decoder.done:
+                continue
+            text = decoder.push(token)
+            if not decoder.done and (pos + 1 - pads[i] >= context or pos + 1 >= total):
+                text += decoder.finish("length")  # prompt + answer fill the context
+            if text or decoder.done:
+                yield Event(i, text, decoder.finish_reason)
+        if all(d.done for d in decoders):
+            return
+        step_positions = None
+        if padded:
+            step_positions, mask = positions[:, pos], valid[:, None, None, :pos + 1]
+        with computing(device, n_params * B):
+            logits = forward.step(next_tokens, cache, pos, step_positions, mask)
+        pos += 1
