@@ -9,4 +9,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$root/scripts/ensure-venv.sh"
 cd "$root"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
+# Keep freed tensor memory in the heap instead of returning it to the kernel after every
+# step: ~30% less CPU time per training step on a CPU (far fewer page faults).
+export GLIBC_TUNABLES="${GLIBC_TUNABLES:-glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=17179869184}"
 exec "$root/.venv/bin/rung" run examples/pretrain_stdlib.yaml "$@"

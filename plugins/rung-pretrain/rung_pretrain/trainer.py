@@ -355,8 +355,9 @@ class Evaluator:
                 self.last = dict(out)
         step = self.counter.step
         every = self.opts.sample_every
-        if self.sample_here and every and self.opts.sample_prompts and step % every == 0 and step != self._sampled_at:
-            self._sampled_at = step
+        # At the first evaluation in each new stretch of `sample_every` steps.
+        if self.sample_here and every and self.opts.sample_prompts and step >= every and step // every != self._sampled_at:
+            self._sampled_at = step // every
             samples = self.samples(self.opts.sample_tokens, model)
             if samples and self.main:
                 self.run.log(step, {f"sample_{i}": prompt + text for i, (prompt, text) in enumerate(samples)})

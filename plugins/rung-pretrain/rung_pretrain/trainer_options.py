@@ -8,7 +8,7 @@ from pydantic import Field, field_validator
 
 from rung.training import TrainingOptions
 
-DEFAULT_PROMPTS = ["def ", "class ", "import "]
+DEFAULT_PROMPTS = ["def", "class", "import"]
 
 
 class PretrainOptions(TrainingOptions):
@@ -28,7 +28,7 @@ class PretrainOptions(TrainingOptions):
     val_batch_size: int | None = Field(None, ge=1, description="sequences per validation batch; null: batch_size")
     sample_every: int | None = Field(
         None, ge=1,
-        description="steps between text samples (taken at evaluations); null: only at the end",
+        description="steps between text samples (taken at the next evaluation); null: only at the end",
     )
     sample_prompts: list[str] = Field(
         default_factory=lambda: list(DEFAULT_PROMPTS), description="prompts the samples continue"
