@@ -45,6 +45,8 @@ def test_save_then_load_gives_the_same_outputs_and_tokenizer(make_backend, tmp_p
 def test_a_preset_without_a_tokenizer_is_a_config_error():
     with pytest.raises(ConfigError, match="preset and needs a tokenizer"):
         rung.backend("torch", model="test")
+    with pytest.raises(ConfigError, match="'runs/missing' is not a checkpoint directory"):
+        rung.backend("torch", model="runs/missing")
     with pytest.raises(ConfigError, match="unknown model preset 'tset'"):
         rung.backend("torch", model="tset", tokenizer=rung.tokenizer("byte"))
     with pytest.raises(ConfigError, match="backend 'torch': precision"):

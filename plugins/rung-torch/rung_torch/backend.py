@@ -41,6 +41,13 @@ class TorchBackend(BaseBackend):
             model = load_model(source, device=self.device)
             self.name = source.name
         else:
+            from rung.model_config import PRESETS
+
+            if self.options.model not in PRESETS and ("/" in self.options.model or "\\" in self.options.model):
+                raise ConfigError(
+                    f"backend.model: '{self.options.model}' is not a checkpoint directory (it does not exist) "
+                    f"nor a preset ({', '.join(PRESETS)})"
+                )
             if tokenizer is None:
                 raise ConfigError(
                     f"backend 'torch': model '{self.options.model}' is a preset and needs a tokenizer "
