@@ -27,6 +27,10 @@ def test_greedy_decoding_matches_transformers_generate_token_for_token(make_back
     from transformers import LlamaForCausalLM
 
     backend = make_backend(architecture={"tie_embeddings": False})
+    with torch.no_grad():  # norm weights away from their initial ones (decoding folds them)
+        for name, p in backend.model.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5, generator=torch.Generator().manual_seed(len(name)))
     backend.save(tmp_path)
     hf = LlamaForCausalLM.from_pretrained(tmp_path).eval()
     prompt = backend.tokenizer.encode("The cache must not change the answer.")
