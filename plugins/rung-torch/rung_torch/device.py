@@ -56,11 +56,3 @@ def resolve_precision(precision: str | None, device: torch.device, purpose: Purp
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-
-def autocast(device: torch.device, precision: str):
-    """A context that runs matmuls in `precision` (a no-op for fp32)."""
-    import contextlib
-
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=DTYPES[precision])
