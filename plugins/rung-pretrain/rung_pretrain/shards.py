@@ -114,13 +114,15 @@ class TokenizeToShards(PipelineStep):
         from tokenizers import Tokenizer
 
         tokenizer = Tokenizer.from_file(self.tokenizer_file)
+        # encode_batch_fast: the same ids without character offsets, ~15% less CPU
+        encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
         writers = {split: ShardWriter(Path(self.output_dir) / split, rank, self.vocab_size, self.tokenizer_hash,
                                       self.max_shard_tokens) for split in ("train", "validation")}
         progress = ProgressFile(self.progress_dir, rank)
         batch: list[Any] = []
 
         def flush() -> None:
-            encodings = tokenizer.encode_batch([doc.text for doc in batch], add_special_tokens=False)
+            encodings = encode([doc.text for doc in batch], add_special_tokens=False)
             for doc, encoding in zip(batch, encodings):
                 ids = encoding.ids
                 ids.append(self.eos_id)

@@ -126,7 +126,8 @@ class RungTokenizer:
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """`encode` for many texts at once (parallel inside `tokenizers`)."""
         self._require_trained()
-        return [e.ids for e in self._hf.encode_batch(list(texts), add_special_tokens=False)]
+        encode = getattr(self._hf, "encode_batch_fast", self._hf.encode_batch)  # no offsets: faster
+        return [e.ids for e in encode(list(texts), add_special_tokens=False)]
 
     def decode(self, ids: Sequence[int]) -> str:
         self._require_trained()
