@@ -151,3 +151,17 @@ def test_cli_runs_the_same_config_on_jax(pretrained, tmp_path):
     logged = records(tmp / "jax")
     assert [r["step"] for r in logged if "val_loss" in r] == [3, 6]
     assert (tmp / "jax" / "loss.png").is_file() and (tmp / "jax" / "model" / "model.safetensors").is_file()
+
+
+def test_plot_reads_the_latest_history(tmp_path):
+    from rung_pretrain.plot import main as plot_main
+    from rung_pretrain.trainer import read_metrics
+
+    lines = [{"step": s, "loss": 5.0 - s / 10} for s in (1, 2, 3, 4)]
+    lines += [{"step": 4, "val_loss": 4.5, "unigram_loss": 6.0}, {"step": 4, "sample_0": "def f():"}]
+    lines += [{"step": 3, "loss": 4.9}, {"step": 4, "loss": 4.8}]  # resumed from step 2
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\nnot json\n")
+    history = read_metrics(tmp_path / "metrics.jsonl")
+    assert [(r["step"], r.get("loss")) for r in history] == [(1, 4.9), (2, 4.8), (3, 4.9), (4, 4.8)]
+    assert plot_main([str(tmp_path)]) == 0
+    assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"

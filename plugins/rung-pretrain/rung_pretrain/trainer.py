@@ -190,7 +190,7 @@ def _use_checkpoint_tokenizer(run: Any) -> Any:
         from rung.console import get_console
 
         get_console().print(
-            f"continuing {folder}: using its tokenizer.json (the config's tokenizer section is not trained)",
+            f"continuing {folder}: the data is tokenized with its tokenizer.json (the tokenizer section is not used)",
             highlight=False, markup=False,
         )
     tokenizer = load_tokenizer(folder)
