@@ -139,16 +139,31 @@ def global_batch(local: dict[str, np.ndarray], mesh: Mesh, leading: int = 0) -> 
 # -- precision
 
 
-def resolve_precision(precision: str | None, platform: str, purpose: str = "train") -> str:
-    """"fp32" or "bf16". auto: bf16 on GPUs and TPUs, fp32 on CPUs.
+@lru_cache(maxsize=None)
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU has native bf16 arithmetic (AMX or AVX512-BF16), from /proc/cpuinfo."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
 
-    On the CPU XLA does not reach the AMX/bf16 units that torch's oneDNN uses: measured on the
-    2-core development machine, a 1024^2 matmul runs at ~210-260 GFLOP/s in bf16 and ~300 in
-    fp32 under jax 0.10 (with or without the oneDNN/YNNPACK XLA flags), so bf16 only adds
-    conversions there (`python benchmarks/jax_train.py --precision` shows it).
+
+def resolve_precision(precision: str | None, platform: str, purpose: str = "train") -> str:
+    """"fp32" or "bf16". auto: bf16 on GPUs and TPUs; on a CPU, bf16 for training when the CPU
+    has AMX or AVX512-BF16, fp32 for decoding (batch-1 decoding is slower in bf16 there).
+
+    Measured on the 2-core AMX development machine (benchmarks/jax_train.py --all-precisions,
+    `small` preset, batch 8 x 256): a jax bf16 train step costs ~1.25x fewer CPU-seconds than
+    fp32 (2.3x faster on the wall clock, a noisy figure on that shared machine), although a
+    lone 1024^2 bf16 matmul under XLA is not faster than fp32 (~210-260 vs ~300 GFLOP/s):
+    the gain is in memory traffic, not in the matmul units torch's oneDNN reaches.
     """
     if precision in (None, "auto"):
-        return "bf16" if platform in ("gpu", "cuda", "rocm", "tpu") else "fp32"
+        if platform in ("gpu", "cuda", "rocm", "tpu"):
+            return "bf16"
+        return "bf16" if purpose == "train" and cpu_has_fast_bf16() else "fp32"
     if precision == "fp16":
         raise ConfigError("backend.precision: fp16 is not supported by the jax backend (use bf16 or fp32)")
     if precision not in ("fp32", "bf16"):
