@@ -142,6 +142,8 @@ class _Fit:
 
     def build(self) -> None:
         model = self.engine.model
+        if hasattr(model, "activation_checkpointing"):
+            model.activation_checkpointing = bool(getattr(self.engine.options, "activation_checkpointing", False))
         self.graphdef, params, rest = nnx.split(model, trainable_filter(model), ...)
         self.params = runtime.shard_state(params, self.mesh)
         self.rest = runtime.shard_state(rest, self.mesh)

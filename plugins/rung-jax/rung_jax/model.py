@@ -154,6 +154,7 @@ class Llama(nnx.Module):
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         self.arch = Arch.of(config)
+        self.activation_checkpointing = False  # the engine sets it from the backend's options
         self.model = Decoder(self.arch, rngs)
         if not self.arch.tie_embeddings:
             self.lm_head = _linear(self.arch.dim, self.arch.vocab_size, self.arch.init_std, rngs)
@@ -177,7 +178,11 @@ class Llama(nnx.Module):
         cos, sin = rotary(positions, self.arch.head_dim, self.arch.rope_theta)
         new_cache = []
         for i, layer in enumerate(self.model.layers):
-            x, c = layer(x, cos, sin, mask, None if cache is None else cache[i], index)
+            if self.activation_checkpointing and cache is None:
+                # recompute the layer's activations in the backward pass instead of keeping them
+                x, c = nnx.remat(lambda layer, x: layer(x, cos, sin, mask))(layer, x)
+            else:
+                x, c = layer(x, cos, sin, mask, None if cache is None else cache[i], index)
             new_cache.append(c)
         return self.model.norm(x), tuple(new_cache)
 
