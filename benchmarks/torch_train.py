@@ -21,6 +21,10 @@ rate measured in this run (one probe per round).
         [--batch 8] [--steps 6] [--warmup 2] [--rounds 2] [--compile] [--threads N] [--device cpu]
 
 Goals (issue 3): engine/plain >= 1.0x, engine/hf >= 1.8x on a CPU with AMX, MFU >= 60%.
+
+On the 2-vCPU development machines shared with other jobs, `--threads 1` is the steadier (and
+usually faster) setting: matmuls gain nothing from the second vCPU, and bf16 element-wise
+kernels stall badly when one of two OpenMP threads is descheduled.
 """
 
 from __future__ import annotations
