@@ -208,7 +208,8 @@ class _Fit:
         opts, engine = self.opts, self.engine
         self.build()
         step = self.resume()
-        if step >= opts.steps:
+        if step >= opts.steps:  # already trained: the model still gets the checkpoint's weights
+            self.finish()
             return self.result(step)
         peak = runtime.peak_flops(list(self.mesh.devices.flat), engine.precision)
         flops_token: float | None = None
