@@ -391,16 +391,15 @@ class _Display:
             self._progress.update(task, completed=done, total=max(done, 1), info=f"{docs:,} docs")
 
 
-def _counted(texts: Iterator[str], display: _Display, task: Any) -> Iterator[str]:
-    done = 0
+def _counted(texts: Iterator[str], display: _Display, task: Any, fed: list[int]) -> Iterator[str]:
+    """`texts`, counting their bytes into `fed[0]` and the progress bar."""
     last = time.monotonic()
     for text in texts:
-        done += len(text.encode("utf-8"))
+        fed[0] += len(text.encode("utf-8"))
         if time.monotonic() - last > 0.2:
-            display.update(task, completed=done)
+            display.update(task, completed=fed[0])
             last = time.monotonic()
         yield text
-    display.update(task, completed=done, total=max(done, 1))
 
 
 # ------------------------------------------------------------------------------ prepare
@@ -467,7 +466,9 @@ def prepare(config_or_run: Any, *, force: bool = False, progress: bool | None = 
         if hasattr(tokenizer, "train") and not getattr(tokenizer, "is_trained", False):
             limit = getattr(getattr(tokenizer, "options", None), "max_training_bytes", None)
             task = display.add("train tokenizer", min(clean_bytes, limit) if limit else clean_bytes)
-            tokenizer.train(_counted((text for _, text in read_clean(work / "clean")), display, task))
+            fed = [0]
+            tokenizer.train(_counted((text for _, text in read_clean(work / "clean")), display, task, fed))
+            display.update(task, completed=fed[0], total=max(fed[0], 1))
             trained = True
         if tokenizer.eos_id is None:
             raise RungError(f"tokenizer {type(tokenizer).__name__} has no eos token: documents cannot be separated")
@@ -603,6 +604,11 @@ def _report_line(report: list[dict[str, Any]]) -> str:
     return ", ".join(parts) or "no documents found"
 
 
+def _mb(nbytes: int) -> str:
+    mb = nbytes / 1e6
+    return f"{mb:.1f}" if mb >= 1 else f"{mb:.3g}"
+
+
 def format_report(report: list[dict[str, Any]]) -> Any:
     """The cleaning report as a rich Table (docs and bytes in/out per step, and why removed)."""
     from rich.table import Table
@@ -613,11 +619,11 @@ def format_report(report: list[dict[str, Any]]) -> Any:
     table.add_column("step", no_wrap=True)
     table.add_column("docs in→out", justify="right", no_wrap=True)
     table.add_column("MB in→out", justify="right", no_wrap=True)
-    table.add_column("changed", justify="right", no_wrap=True)
-    table.add_column("removed: docs (MB)", no_wrap=True)
+    table.add_column("removed: docs (MB); changed", no_wrap=True)
     for entry in report:
-        removed = "\n".join(f"{reason} {r['docs']:,} ({r['bytes'] / 1e6:.2f})" for reason, r in sorted(entry["removed"].items()))
+        notes = [f"{reason} {r['docs']:,} ({r['bytes'] / 1e6:.2f})" for reason, r in sorted(entry["removed"].items())]
+        if entry["changed"]:
+            notes.append(f"changed {entry['changed']:,}")
         table.add_row(entry["step"], f"{entry['docs_in']:,}→{entry['docs_out']:,}",
-                      f"{entry['bytes_in'] / 1e6:.2f}→{entry['bytes_out'] / 1e6:.2f}",
-                      f"{entry['changed']:,}", removed or "-")
+                      f"{_mb(entry['bytes_in'])}→{_mb(entry['bytes_out'])}", "\n".join(notes) or "-")
     return table
