@@ -68,8 +68,18 @@ def train(out: Path, steps: int, save_every: int, hang_at: int | None, nan_at: i
     out.mkdir(parents=True, exist_ok=True)
     run = FileRun(out)
     stream = HangingStream(VOCAB, BATCH, SEQ, hang_at=hang_at, nan_at=nan_at)
-    JaxEngine(_model(), precision="fp32").fit(
+    model = _model()
+    JaxEngine(model, precision="fp32").fit(
         next_token_loss, stream, _options(steps=steps, save_every=save_every, resume="auto"), run)
+    _write_weights(model, out / "final.npz")
+
+
+def _write_weights(model, path: Path) -> None:
+    import numpy as np
+    from flax import nnx
+
+    np.savez(path, **{".".join(map(str, p)): np.asarray(v.get_value())
+                      for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))})
 
 
 def multihost(out: Path, process_id: int, processes: int, port: int) -> None:

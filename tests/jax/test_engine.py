@@ -59,6 +59,15 @@ def test_run_killed_and_resumed_gives_the_same_losses(jax_env, tmp_path):
     assert sorted(got) == list(range(1, steps + 1))
     for step in range(1, steps + 1):
         assert got[step] == expected[step], (step, got[step], expected[step])
+    # ... and ends on the same weights; run again, it only hands the last checkpoint's weights back
+    (killed / "final.npz").rename(killed / "resumed.npz")
+    run_script(jax_env, "train", str(killed), "--steps", str(steps), "--save-every", str(save_every))
+    assert len((killed / "losses.jsonl").read_text().splitlines()) == steps  # nothing was trained again
+    whole_w = np.load(whole / "final.npz")
+    for name in ("resumed.npz", "final.npz"):
+        other = np.load(killed / name)
+        for key in whole_w.files:
+            np.testing.assert_array_equal(other[key], whole_w[key], err_msg=f"{name}: {key}")
 
 
 def test_nan_loss_stops_the_run_naming_the_last_good_checkpoint(jax_env, tmp_path):
