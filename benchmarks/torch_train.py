@@ -11,7 +11,7 @@ timed wall-clock from one optimizer step to the next (data, step, logging: every
   hf       transformers' LlamaForCausalLM of the same dims, plain fp32 loop (what a user
            gets by default)
 
-Rounds are interleaved (engine, plain, hf, engine, ...) so machine load hits all alike;
+Rounds are interleaved (engine, plain, hf, then plain, engine, hf, ...) so load hits all alike;
 each figure is the median (and the best) step time over the measured steps of every round,
 and tokens per CPU-second of the process, which machine load disturbs less than wall time.
 MFU is model FLOPs/s against the highest bf16 (fp32 without native bf16) 1024x1024 matmul
@@ -192,12 +192,19 @@ def main() -> None:
             if device.type == "cpu":
                 fast = precision == "bf16" or cpu_has_fast_bf16()
                 probes.append(cpu_peak_flops.__wrapped__(torch.bfloat16 if fast else torch.float32, 1024, 0.5))
-            t, logged, _ = run_engine(config, args, Path(tmp), r)
-            times["engine"] += t
-            print(f"round {r + 1}: engine {rate(t):8.0f} tok/s", end="", flush=True)
-            t = plain_loop(Transformer(config, seed=0).to(device), args, config.vocab_size, autocast, device, hf=False)
-            times["plain"] += t
-            print(f" | plain {rate(t):8.0f} tok/s", end="", flush=True)
+            # Engine and plain loop swap places every round, so neither always runs first.
+            order = ("engine", "plain") if r % 2 == 0 else ("plain", "engine")
+            line = []
+            for name in order:
+                if name == "engine":
+                    t, logged, _ = run_engine(config, args, Path(tmp), r)
+                else:
+                    model = Transformer(config, seed=0).to(device)
+                    t = plain_loop(model, args, config.vocab_size, autocast, device, hf=False)
+                    del model
+                times[name] += t
+                line.append(f"{name} {rate(t):8.0f} tok/s")
+            print(f"round {r + 1}: " + " | ".join(line), end="", flush=True)
             if not args.no_hf:
                 from transformers import LlamaConfig, LlamaForCausalLM
 
