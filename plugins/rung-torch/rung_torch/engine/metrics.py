@@ -12,8 +12,6 @@ import os
 import resource
 import time
 from functools import lru_cache
-from typing import Any
-
 import torch
 from torch import nn
 
@@ -164,6 +162,3 @@ def mfu(tokens_per_s: float, flops_token: float, peak: float | None, world_size:
         return None
     return tokens_per_s * flops_token / (peak * world_size)
 
-
-def describe(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
