@@ -12,6 +12,7 @@ import os
 import resource
 import time
 from functools import lru_cache
+
 import torch
 from torch import nn
 
