@@ -12,7 +12,8 @@ from rung.errors import ConfigError, RungError
 from rung.interfaces import BaseBackend, Capabilities, Tokenizer
 from rung.records import Completion, Delta, GenerationRequest, Usage
 from rung_torch.device import DTYPES, resolve_device, resolve_precision
-from rung_torch.generate import RowDecoder, Sampling, generate_tokens
+from rung.decoding import RowDecoder, Sampling, request_to_prompt
+from rung_torch.generate import generate_tokens
 from rung_torch.options import TorchOptions
 
 
@@ -135,37 +136,7 @@ class TorchBackend(BaseBackend):
             model.train(was_training)
 
     def _prepare(self, request: GenerationRequest) -> tuple[list[int], Sampling]:
-        tokenizer = self._tokenizer()
-        stop_ids = {tokenizer.eos_id} if tokenizer.eos_id is not None else set()
-        if request.messages or request.system:
-            text = tokenizer.apply_chat_template(request.chat(), add_generation_prompt=True)
-            end_of_turn = getattr(tokenizer, "end_of_turn_id", None)
-            if end_of_turn is not None:
-                stop_ids.add(end_of_turn)
-        else:
-            text = request.prompt or ""
-        ids = tokenizer.encode(text)
-        if not ids and tokenizer.bos_id is not None:
-            ids = [tokenizer.bos_id]
-        opts = self.options
-        max_tokens = request.max_tokens if request.max_tokens is not None else opts.max_tokens
-        if max_tokens < 1:
-            raise RungError(f"max_tokens must be at least 1, got {max_tokens}")
-        temperature = request.temperature if request.temperature is not None else opts.temperature
-        if request.top_k is not None and request.top_k < 1:
-            raise RungError(f"top_k must be at least 1, got {request.top_k}")
-        if request.top_p is not None and not 0 < request.top_p <= 1:
-            raise RungError(f"top_p must be in (0, 1], got {request.top_p}")
-        sampling = Sampling(
-            max_tokens=max_tokens,
-            temperature=float(temperature or 0.0),
-            top_k=request.top_k,
-            top_p=request.top_p,
-            seed=request.seed,
-            stop=tuple(s for s in request.stop if s),
-            stop_ids=frozenset(stop_ids),
-        )
-        return ids, sampling
+        return request_to_prompt(request, self._tokenizer(), self.options.max_tokens, self.options.temperature)
 
     def _tokenizer(self) -> Tokenizer:
         if self.tokenizer is None:

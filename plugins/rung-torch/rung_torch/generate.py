@@ -5,7 +5,7 @@ one batch: every row writes its keys and values at the same cache slot each step
 hides the padding, and rotary positions are counted per row from its first real token, so a
 row decodes exactly as it would alone. Each step picks the next token of every row (greedy,
 or sampled with temperature, top-k and top-p from the row's own seeded `torch.Generator`)
-and hands it to that row's `RowDecoder`, which turns tokens into text: incrementally when
+and hands it to that row's `rung.decoding.RowDecoder`, which turns tokens into text: incrementally when
 streaming or watching for stop strings (never half a UTF-8 character, never part of a stop
 string), once at the end otherwise.
 """
@@ -14,99 +14,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from rung.decoding import RowDecoder, Sampling  # noqa: F401  (re-exported)
 from rung.errors import RungError
 from rung_torch.model import KVCache
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How one row is decoded."""
-
-    max_tokens: int
-    temperature: float = 0.0
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    stop_ids: frozenset[int] = field(default_factory=frozenset)
-
-    @property
-    def greedy(self) -> bool:
-        return not self.temperature or self.temperature <= 0 or self.top_k == 1
-
-
-class RowDecoder:
-    """Tokens of one row in, text deltas out; knows when the row is finished and why."""
-
-    def __init__(self, tokenizer: Any, sampling: Sampling, prompt_tokens: int, incremental: bool) -> None:
-        self.tokenizer = tokenizer
-        self.sampling = sampling
-        self.prompt_tokens = prompt_tokens
-        self.incremental = incremental or bool(sampling.stop)
-        self.ids: list[int] = []
-        self.generated = 0  # tokens the model produced, a stopping one included
-        self.text = ""  # decoded so far (trimmed at a stop string)
-        self.emitted = 0  # characters of `text` handed out as deltas
-        self.finish_reason: str | None = None
-        self._longest_stop = max((len(s) for s in sampling.stop), default=0)
-
-    @property
-    def done(self) -> bool:
-        return self.finish_reason is not None
-
-    def push(self, token: int) -> str:
-        """Take the next token; return the text that may be shown now ('' if none)."""
-        self.generated += 1
-        if token in self.sampling.stop_ids:
-            return self.finish("stop")
-        self.ids.append(token)
-        if self.incremental:
-            previous = len(self.text)
-            text = self.tokenizer.decode(self.ids)
-            if self.sampling.stop:
-                start = max(0, min(previous, len(text)) - self._longest_stop)
-                cut = min((i for s in self.sampling.stop if (i := text.find(s, start)) >= 0), default=-1)
-                if cut >= 0:
-                    self.text = text[:cut]
-                    return self.finish("stop")
-            self.text = text
-        if self.generated >= self.sampling.max_tokens:
-            return self.finish("length")
-        return self._safe_delta() if self.incremental else ""
-
-    def finish(self, reason: str) -> str:
-        """End the row; return everything not yet shown."""
-        if self.finish_reason is None:
-            self.finish_reason = reason
-            if not self.incremental:
-                self.text = self.tokenizer.decode(self.ids) if self.ids else ""
-        delta = self.text[self.emitted:]
-        self.emitted = len(self.text)
-        return delta
-
-    def _safe_delta(self) -> str:
-        text = self.text
-        end = len(text)
-        # An incomplete UTF-8 character decodes as U+FFFD: wait for its next byte.
-        while end > self.emitted and text[end - 1] == "\ufffd":
-            end -= 1
-        # Hold back a tail that could be the start of a stop string.
-        for stop in self.sampling.stop:
-            for n in range(min(len(stop) - 1, end - self.emitted), 0, -1):
-                if text.endswith(stop[:n], 0, end):
-                    end -= n
-                    break
-        if end <= self.emitted:
-            return ""
-        delta = text[self.emitted:end]
-        self.emitted = end
-        return delta
 
 
 def choose(logits: torch.Tensor, rows: Sequence[Sampling], generators: Sequence[torch.Generator | None]) -> torch.Tensor:
