@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import Field
@@ -28,3 +29,19 @@ class TrainingOptions(Options):
     resume: Literal["auto", "never"] | str = Field(
         "auto", description="'auto': continue from the latest checkpoint; 'never'; or a path"
     )
+
+
+def warmup_cosine(step: int, peak: float, steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.1) -> float:
+    """The learning rate of optimizer step `step` (0-based) under every engine's schedule.
+
+    Linear warm-up to `peak` over `warmup_steps` (step 0 uses peak/W, step W-1 the peak), then
+    cosine down to `min_lr_ratio * peak` at the last step.
+    """
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    decay_steps = steps - warmup_steps - 1
+    if decay_steps <= 0:
+        return peak
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    floor = peak * min_lr_ratio
+    return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))

@@ -70,3 +70,4 @@ def test_request_to_prompt_applies_chat_template_and_defaults():
 def test_request_to_prompt_rejects_bad_sampling(bad, message):
     with pytest.raises(RungError, match=message):
         request_to_prompt(GenerationRequest(prompt="x", **bad), Bytes(), 16, None)
+

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import nn
 
 from rung.errors import RungError
+from rung.training import warmup_cosine
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -61,14 +61,7 @@ class CosineSchedule:
         return cls(options.learning_rate, options.steps, options.warmup_steps, options.min_lr_ratio)
 
     def lr(self, step: int) -> float:
-        if step < self.warmup:
-            return self.peak * (step + 1) / self.warmup
-        decay_steps = self.steps - self.warmup - 1
-        if decay_steps <= 0:
-            return self.peak
-        progress = min(1.0, (step - self.warmup) / decay_steps)
-        floor = self.peak * self.min_ratio
-        return floor + (self.peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return warmup_cosine(step, self.peak, self.steps, self.warmup, self.min_ratio)
 
     def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
         """Set every group's rate for `step`; returns it."""
