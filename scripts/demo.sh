@@ -12,4 +12,7 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 # Keep freed tensor memory in the heap instead of returning it to the kernel after every
 # step: ~30% less CPU time per training step on a CPU (far fewer page faults).
 export GLIBC_TUNABLES="${GLIBC_TUNABLES:-glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=17179869184}"
+# One intra-op thread for this small model: on a shared or busy CPU, two OpenMP threads were
+# several times slower here (960 vs 4500+ tokens/s); export OMP_NUM_THREADS=2 to try both cores.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 exec "$root/.venv/bin/rung" run examples/pretrain_stdlib.yaml "$@"
