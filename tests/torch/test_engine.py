@@ -17,7 +17,7 @@ from rung.errors import RungError  # noqa: E402
 from rung_torch.engine import TorchEngine  # noqa: E402
 from rung_torch.engine import checkpoint as ckpt  # noqa: E402
 from rung_torch.engine.optim import CosineSchedule, param_groups  # noqa: E402
-from rung_torch.engine.precision import cpu_has_fast_bf16  # noqa: E402
+from rung.hardware import cpu_has_fast_bf16  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

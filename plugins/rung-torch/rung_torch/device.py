@@ -2,37 +2,33 @@
 
 from __future__ import annotations
 
-import functools
+import os
 from typing import Literal
 
 import torch
 
 from rung.errors import ConfigError
+from rung.hardware import cpu_has_fast_bf16
 
 Purpose = Literal["train", "decode"]
 
 
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """`auto`: the first CUDA GPU if there is one, else the CPU; anything else as torch reads it."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def resolve_device(requested: str | torch.device | None = "auto") -> torch.device:
+    """`auto`/None: this process's GPU under torchrun (LOCAL_RANK), else cuda, else cpu."""
+    name = str(requested or "auto").strip().lower()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and torch.cuda.is_available():
+        # Under torchrun each process takes its own GPU; alone, the current one.
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "LOCAL_RANK" in os.environ:
+            return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        return torch.device("cuda", torch.cuda.current_device())
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"backend.device: '{requested}' asked for, but torch sees no CUDA GPU")
     try:
-        resolved = torch.device(device)
+        return torch.device(name)
     except (RuntimeError, ValueError):
-        raise ConfigError(f"backend.device: '{device}' is not a torch device (auto, cpu, cuda, cuda:1, ...)") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"backend.device: '{device}' asked for, but torch sees no CUDA GPU")
-    return resolved
-
-
-@functools.lru_cache(maxsize=None)
-def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AMX or AVX512-BF16)."""
-    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    try:
-        return any(getattr(torch.cpu, name)() for name in probes if hasattr(torch.cpu, name))
-    except Exception:  # pragma: no cover - very old or unusual builds
-        return False
+        raise ConfigError(f"backend.device: '{requested}' is not a torch device (auto, cpu, cuda, cuda:1, ...)") from None
 
 
 def resolve_precision(precision: str | None, device: torch.device, purpose: Purpose = "train") -> str:

@@ -27,7 +27,8 @@ from rung_torch.engine.metrics import (
     unwrap,
 )
 from rung_torch.engine.optim import CosineSchedule, build_optimizer
-from rung_torch.engine.precision import Precision, resolve_device, resolve_precision
+from rung_torch.device import resolve_device, resolve_precision
+from rung_torch.engine.precision import Precision
 
 
 class TorchEngine:

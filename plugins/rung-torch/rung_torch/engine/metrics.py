@@ -82,7 +82,7 @@ def device_peak_flops(device: torch.device, precision: str) -> float | None:
     if device.type == "cuda":
         return gpu_peak_flops(device)
     if device.type == "cpu":
-        from rung_torch.engine.precision import cpu_has_fast_bf16
+        from rung.hardware import cpu_has_fast_bf16
 
         fast = precision == "bf16" or cpu_has_fast_bf16()
         return cpu_peak_flops(torch.bfloat16 if fast else torch.float32)
