@@ -17,21 +17,29 @@ def get_console() -> Any:
 
 
 class ProgressBar:
-    """A handle on one task of a rich progress display."""
+    """A handle on one task of a rich progress display (a silent one when `progress` is off)."""
 
-    def __init__(self, progress: Any, task: Any) -> None:
+    def __init__(self, progress: Any = None, task: Any = None) -> None:
         self._progress, self._task = progress, task
 
     def advance(self, amount: float = 1, **fields: Any) -> None:
-        self._progress.update(self._task, advance=amount, **fields)
+        if self._progress is not None:
+            self._progress.update(self._task, advance=amount, **fields)
 
     def update(self, completed: float | None = None, **fields: Any) -> None:
-        self._progress.update(self._task, completed=completed, **fields)
+        if self._progress is not None:
+            self._progress.update(self._task, completed=completed, **fields)
 
 
 @contextmanager
-def progress(total: float | None, description: str, unit: str = "") -> Iterator[ProgressBar]:
-    """A progress bar on the console; silent when it is not a terminal except for its end."""
+def progress(
+    total: float | None, description: str, unit: str = "", *, start: float = 0, enabled: bool = True
+) -> Iterator[ProgressBar]:
+    """A progress bar on the console, from `start`; `enabled=False` gives a silent one (e.g.
+    on every process but the first of a distributed run)."""
+    if not enabled:
+        yield ProgressBar()
+        return
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -51,5 +59,5 @@ def progress(total: float | None, description: str, unit: str = "") -> Iterator[
         TextColumn("{task.fields[info]}"),
     ]
     with Progress(*columns, console=get_console(), transient=False) as bar:
-        task = bar.add_task(description, total=total, info="")
+        task = bar.add_task(description, total=total, completed=start, info="")
         yield ProgressBar(bar, task)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rung.console import progress
 from rung.errors import RungError
 from rung.records import TrainResult
 from rung_torch.engine import checkpoint as ckpt
@@ -139,7 +140,7 @@ class _Fit:
         throughput = Throughput()
         accum = opts.grad_accum_steps
         ddp, fsdp = engine.strategy == "ddp", engine.strategy == "fsdp"
-        with _progress(engine.is_main, opts.steps, step) as bar:
+        with progress(opts.steps, "training", unit="steps", start=step, enabled=engine.is_main) as bar:
             while step < opts.steps:
                 started = time.perf_counter()
                 lr = self.schedule.apply(self.optimizer, step)
@@ -467,23 +468,3 @@ def _device_of(model: nn.Module) -> torch.device | None:
 
 def _local(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to_local() if hasattr(tensor, "to_local") else tensor
-
-
-class _NoBar:
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def advance(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def _progress(enabled: bool, total: int, start: int):
-    if not enabled:
-        yield _NoBar()
-        return
-    from rung.console import progress
-
-    with progress(total, "training", unit="steps") as bar:
-        bar.update(completed=start)
-        yield bar
