@@ -84,13 +84,14 @@ def phase_plain(args, data: Path, out: Path) -> dict:
     from rung_lora.torch_ops import masked_token_loss
     from rung_lora.trainer import model_context
     from rung_torch.engine.metrics import peak_memory_mb
-    from rung_torch.engine.precision import resolve_device, resolve_precision
 
     cfg = make_config(config(args, data, out))
     run = Run(cfg)
     backend, tokenizer = run.backend(), run.tokenizer()
-    device = resolve_device(args.device)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_precision("auto", device))
+    engine = backend.engine()  # only to read the device and precision the engine resolved
+    device = engine.device
+    precision = engine.precision if isinstance(engine.precision, str) else engine.precision.name
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     opts = LoraOptions(**options(args))
     torch.manual_seed(0)
     model = wrap_lora(backend.model, opts).to(device)
