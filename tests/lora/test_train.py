@@ -100,6 +100,15 @@ def test_lora_trains_saves_peft_adapter_and_exports(tmp_path, task):
     with torch.no_grad():
         assert torch.allclose(served.model(ids), expected, atol=1e-4)
     assert isinstance(rung.ask(served, "12+34=", max_tokens=3).text, str)
+    # ... or from its options, as a config would say: backend: {name: torch, model: ..., adapter: ...}
+    configured = rung.backend("torch", model=config["base_model_name_or_path"], adapter=str(adapter),
+                              device="cpu", precision="fp32")
+    with torch.no_grad():
+        assert torch.allclose(configured.model(ids), expected, atol=1e-4)
+    from rung.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="is not a PEFT adapter directory"):
+        rung.backend("torch", model=config["base_model_name_or_path"], adapter=str(tmp_path))
 
     merged = tmp_path / "merged"
     out = CliRunner().invoke(cli, ["export", str(adapter), str(merged)])
@@ -168,6 +177,11 @@ def test_lora_on_a_transformers_gpt2_through_the_hf_backend(tmp_path, task):
         expected = run.backend().model.eval()(ids).logits
         loaded = PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(base), str(out / "adapter")).eval()
         assert torch.allclose(loaded(ids).logits, expected, atol=1e-4)
+        # The hf backend serves base + adapter from its options.
+        import rung
+
+        served = rung.backend("hf", model=str(base), adapter=str(out / "adapter"))
+        assert torch.allclose(served.model(ids).logits, expected, atol=1e-4)
 
 
 def test_lora_resumes_from_a_checkpoint_on_the_same_losses(tmp_path, task):

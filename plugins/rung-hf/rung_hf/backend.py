@@ -75,6 +75,10 @@ class HFBackend(BaseBackend):
         self.tokenizer = HFTokenizer(hf=hf_tok)
         self._lock = threading.RLock()
         self._setup_special_ids()
+        if options.adapter:
+            from rung_torch.modeling import load_adapter_option
+
+            load_adapter_option(self, options.adapter)
 
     # ------------------------------------------------------------------ set-up
 

@@ -14,6 +14,7 @@ from rung.records import Completion, Delta, GenerationRequest, Usage
 from rung_torch.device import DTYPES, resolve_device, resolve_precision
 from rung.decoding import RowDecoder, Sampling, request_to_prompt
 from rung_torch.generate import generate_tokens
+from rung_torch.modeling import load_adapter_option
 from rung_torch.options import TorchOptions
 
 
@@ -69,6 +70,8 @@ class TorchBackend(BaseBackend):
             )
         self.tokenizer = tokenizer
         self.model = model
+        if self.options.adapter:
+            load_adapter_option(self, self.options.adapter)
 
     # -- what trainers use
 

@@ -27,3 +27,21 @@ def unwrap(model: Any) -> Any:
         if inner is None:
             return model
         model = inner
+
+
+def load_adapter_option(backend: Any, adapter: str) -> None:
+    """Apply a backend's `adapter:` option: a PEFT adapter merged into `backend.model`.
+
+    The loader lives in rung-lora (which writes those adapters); without it this is a clear error.
+    """
+    from pathlib import Path
+
+    from rung.errors import ConfigError
+
+    if not Path(adapter, "adapter_config.json").is_file():
+        raise ConfigError(f"backend.adapter: '{adapter}' is not a PEFT adapter directory (no adapter_config.json)")
+    try:
+        from rung_lora import load_adapter
+    except ImportError:
+        raise ConfigError("backend.adapter needs the rung-lora plugin: pip install rung-lora") from None
+    load_adapter(backend, adapter, merge=True)
