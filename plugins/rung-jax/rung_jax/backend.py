@@ -6,6 +6,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from rung.decoding import RowDecoder, request_to_prompt
 from rung.errors import ConfigError, RungError
 from rung.interfaces import BaseBackend, Capabilities, Tokenizer
 from rung.records import Completion, Delta, GenerationRequest, Usage
@@ -90,7 +91,7 @@ class JaxBackend(BaseBackend):
     # -- generation
 
     def generate(self, request: GenerationRequest) -> Completion:
-        from rung_jax.generation import TextDecoder, generate_ids
+        from rung_jax.generation import generate_ids
 
         prompt, sampling = self._prepare(request)
         if sampling.stop:  # stop strings are watched token by token: stop as soon as one appears
@@ -99,7 +100,7 @@ class JaxBackend(BaseBackend):
                 text += delta.text
                 finish, usage = delta.finish_reason or finish, delta.usage or usage
             return Completion(text, finish or "length", usage or Usage(len(prompt), 0), self.name)
-        decoder = TextDecoder(self._tokenizer(), sampling, len(prompt), incremental=False)
+        decoder = RowDecoder(self._tokenizer(), sampling, len(prompt), incremental=False)
         for token in generate_ids(self.model, prompt, sampling, self._decode_dtype()):
             decoder.push(token)
             if decoder.done:
@@ -108,10 +109,10 @@ class JaxBackend(BaseBackend):
         return Completion(decoder.text, decoder.finish_reason or "length", _usage(decoder), self.name)
 
     def stream(self, request: GenerationRequest) -> Iterator[Delta]:
-        from rung_jax.generation import TextDecoder, stream_ids
+        from rung_jax.generation import stream_ids
 
         prompt, sampling = self._prepare(request)
-        decoder = TextDecoder(self._tokenizer(), sampling, len(prompt), incremental=True)
+        decoder = RowDecoder(self._tokenizer(), sampling, len(prompt), incremental=True)
         text = ""
         for token in stream_ids(self.model, prompt, sampling, self._decode_dtype()):
             text = decoder.push(token)
@@ -134,33 +135,7 @@ class JaxBackend(BaseBackend):
         return DTYPES[self.decode_precision]
 
     def _prepare(self, request: GenerationRequest):
-        from rung_jax.generation import Sampling
-
-        tokenizer = self._tokenizer()
-        stop_ids = {tokenizer.eos_id} if tokenizer.eos_id is not None else set()
-        if request.messages or request.system:
-            text = tokenizer.apply_chat_template(request.chat(), add_generation_prompt=True)
-            end_of_turn = getattr(tokenizer, "end_of_turn_id", None)
-            if end_of_turn is not None:
-                stop_ids.add(end_of_turn)
-        else:
-            text = request.prompt or ""
-        ids = tokenizer.encode(text)
-        if not ids and tokenizer.bos_id is not None:
-            ids = [tokenizer.bos_id]
-        opts = self.options
-        max_tokens = request.max_tokens if request.max_tokens is not None else opts.max_tokens
-        if max_tokens < 1:
-            raise RungError(f"max_tokens must be at least 1, got {max_tokens}")
-        temperature = request.temperature if request.temperature is not None else opts.temperature
-        if request.top_k is not None and request.top_k < 1:
-            raise RungError(f"top_k must be at least 1, got {request.top_k}")
-        if request.top_p is not None and not 0 < request.top_p <= 1:
-            raise RungError(f"top_p must be in (0, 1], got {request.top_p}")
-        sampling = Sampling(max_tokens=max_tokens, temperature=float(temperature or 0.0), top_k=request.top_k,
-                            top_p=request.top_p, seed=request.seed, stop=tuple(s for s in request.stop if s),
-                            stop_ids=frozenset(stop_ids))
-        return ids, sampling
+        return request_to_prompt(request, self._tokenizer(), self.options.max_tokens, self.options.temperature)
 
     def _tokenizer(self) -> Tokenizer:
         if self.tokenizer is None:

@@ -25,8 +25,10 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from rung.console import progress
 from rung.errors import RungError
 from rung.records import TrainResult
+from rung.training import warmup_cosine
 from rung_jax import runtime
 
 
@@ -58,14 +60,7 @@ class CosineSchedule:
         return jnp.where(step < self.warmup, warm, cosine)
 
     def lr(self, step: int) -> float:
-        if step < self.warmup:
-            return self.peak * (step + 1) / self.warmup
-        decay_steps = self.steps - self.warmup - 1
-        if decay_steps <= 0:
-            return self.peak
-        progress = min(1.0, (step - self.warmup) / decay_steps)
-        floor = self.peak * self.min_ratio
-        return floor + (self.peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return warmup_cosine(step, self.peak, self.steps, self.warmup, self.min_ratio)
 
 
 def build_optimizer(options: Any) -> optax.GradientTransformation:
@@ -215,7 +210,7 @@ class _Fit:
         flops_token: float | None = None
         window_tokens, window_start = 0, None
         pending: tuple[int, Any, float] | None = None
-        with _progress(engine.is_main, opts.steps, step) as bar:
+        with progress(opts.steps, "training", unit="steps", start=step, enabled=engine.is_main) as bar:
             while step < opts.steps:
                 batch, tokens, seq_len = self.next_batch()
                 if self.compiled is None:
@@ -424,20 +419,3 @@ def _allgather_json(value: Any) -> list[Any]:
     padded[: raw.size] = raw
     gathered = multihost_utils.process_allgather(padded)
     return [json.loads(bytes(row).rstrip(b"\0").decode()) for row in np.asarray(gathered).reshape(-1, size)]
-
-
-class _NoBar:
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def _progress(enabled: bool, total: int, start: int):
-    if not enabled:
-        yield _NoBar()
-        return
-    from rung.console import progress
-
-    with progress(total, "training", unit="steps") as bar:
-        bar.update(completed=start)
-        yield bar

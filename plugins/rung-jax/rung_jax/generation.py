@@ -11,7 +11,6 @@ takes traced values: changing them never recompiles.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -20,26 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from rung.decoding import Sampling
 from rung.errors import RungError
 
 MAX_STOP_IDS = 4
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How one request is decoded."""
-
-    max_tokens: int
-    temperature: float = 0.0
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    stop_ids: frozenset[int] = field(default_factory=frozenset)
-
-    @property
-    def greedy(self) -> bool:
-        return not self.temperature or self.temperature <= 0 or self.top_k == 1
 
 
 def choose(logits: jax.Array, key: jax.Array, temperature, top_k, top_p) -> jax.Array:
@@ -99,67 +82,6 @@ def _programs(graphdef: Any, prompt_len: int, cache_len: int):
         return out, count
 
     return jax.jit(prefill), jax.jit(step, donate_argnums=(2,)), jax.jit(whole)
-
-
-class TextDecoder:
-    """Tokens in, text deltas out: never half a UTF-8 character, never part of a stop string."""
-
-    def __init__(self, tokenizer: Any, sampling: Sampling, prompt_tokens: int, incremental: bool) -> None:
-        self.tokenizer, self.sampling, self.prompt_tokens = tokenizer, sampling, prompt_tokens
-        self.incremental = incremental or bool(sampling.stop)
-        self.ids: list[int] = []
-        self.generated = 0  # tokens the model produced, a stopping one included
-        self.text = ""
-        self.emitted = 0
-        self.finish_reason: str | None = None
-        self._longest_stop = max((len(s) for s in sampling.stop), default=0)
-
-    @property
-    def done(self) -> bool:
-        return self.finish_reason is not None
-
-    def push(self, token: int) -> str:
-        self.generated += 1
-        if token in self.sampling.stop_ids:
-            return self.finish("stop")
-        self.ids.append(token)
-        if self.incremental:
-            previous = len(self.text)
-            text = self.tokenizer.decode(self.ids)
-            if self.sampling.stop:
-                start = max(0, min(previous, len(text)) - self._longest_stop)
-                cut = min((i for s in self.sampling.stop if (i := text.find(s, start)) >= 0), default=-1)
-                if cut >= 0:
-                    self.text = text[:cut]
-                    return self.finish("stop")
-            self.text = text
-        if self.generated >= self.sampling.max_tokens:
-            return self.finish("length")
-        return self._safe_delta() if self.incremental else ""
-
-    def finish(self, reason: str) -> str:
-        if self.finish_reason is None:
-            self.finish_reason = reason
-            if not self.incremental:
-                self.text = self.tokenizer.decode(self.ids) if self.ids else ""
-        delta = self.text[self.emitted:]
-        self.emitted = len(self.text)
-        return delta
-
-    def _safe_delta(self) -> str:
-        text, end = self.text, len(self.text)
-        while end > self.emitted and text[end - 1] == "\ufffd":
-            end -= 1
-        for stop in self.sampling.stop:
-            for n in range(min(len(stop) - 1, end - self.emitted), 0, -1):
-                if text.endswith(stop[:n], 0, end):
-                    end -= n
-                    break
-        if end <= self.emitted:
-            return ""
-        delta = text[self.emitted:end]
-        self.emitted = end
-        return delta
 
 
 def _setup(model: nnx.Module, prompt: Sequence[int], sampling: Sampling, dtype: Any):

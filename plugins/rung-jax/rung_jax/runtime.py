@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from rung.hardware import cpu_has_fast_bf16
 from rung.errors import ConfigError, RungError
 
 AXES = ("data", "fsdp", "tensor")
@@ -140,16 +141,6 @@ def global_batch(local: dict[str, np.ndarray], mesh: Mesh, leading: int = 0) -> 
 
 
 @lru_cache(maxsize=None)
-def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU has native bf16 arithmetic (AMX or AVX512-BF16), from /proc/cpuinfo."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
 def resolve_precision(precision: str | None, platform: str, purpose: str = "train") -> str:
     """"fp32" or "bf16". auto: bf16 on GPUs and TPUs; on a CPU, bf16 for training when the CPU
     has AMX or AVX512-BF16, fp32 for decoding (batch-1 decoding is slower in bf16 there).
