@@ -310,7 +310,10 @@ def run_stage(stage: Stage, logging_dir: Path, workers: int) -> Path:
     """Run one stage with datatrove's LocalPipelineExecutor; returns its merged stats file."""
     from datatrove.executor.local import LocalPipelineExecutor
 
-    method = "fork" if sys.platform.startswith("linux") else "forkserver"
+    # fork is the fastest start on Linux, but forking a process in which JAX has started its
+    # threads can deadlock the child (JAX warns so): then start workers from a fork server.
+    linux_fork_safe = sys.platform.startswith("linux") and "jax" not in sys.modules
+    method = "fork" if linux_fork_safe else "forkserver"
     executor = LocalPipelineExecutor(stage.pipeline, tasks=stage.tasks, workers=min(workers, stage.tasks),
                                      logging_dir=str(logging_dir), skip_completed=False, start_method=method)
     try:
