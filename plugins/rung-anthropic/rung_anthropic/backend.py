@@ -7,7 +7,7 @@ stream without its ``message_stop`` raises `APIError(kind="cut_off")`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -134,35 +134,12 @@ class AnthropicBackend(HostedBackend):
         with self.errors(params["model"]):
             return self._completion(await self.aclient().messages.create(**params), params["model"])
 
-    def stream(self, request: GenerationRequest) -> Iterator[Delta]:
-        params = self.params(request, stream=True)
-        state = _StreamState(self, params["model"])
-        with self.errors(params["model"]):
-            events = self.client().messages.create(**params)
-        try:
-            with state.reading():
-                for event in events:
-                    delta = state.feed(event)
-                    if delta is not None:
-                        yield delta
-        finally:
-            events.close()
-        yield state.last()
+    # -- streaming: the loop is HostedBackend's; these say how this SDK opens a stream
+    def stream_state(self, model: str) -> "_StreamState":
+        return _StreamState(self, model)
 
-    async def astream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
-        params = self.params(request, stream=True)
-        state = _StreamState(self, params["model"])
-        with self.errors(params["model"]):
-            events = await self.aclient().messages.create(**params)
-        try:
-            with state.reading():
-                async for event in events:
-                    delta = state.feed(event)
-                    if delta is not None:
-                        yield delta
-        finally:
-            await events.close()
-        yield state.last()
+    def open_stream(self, client: Any, params: dict[str, Any]) -> Any:
+        return client.messages.create(**params)
 
     # -- structured output
     def generate_structured(self, request: GenerationRequest, schema: type[M]) -> M:

@@ -7,7 +7,7 @@ reason or its usage raises `APIError(kind="cut_off")` instead of returning parti
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import openai
@@ -122,35 +122,12 @@ class OpenAIBackend(HostedBackend):
             response = await self.aclient().chat.completions.create(**params)
             return self._completion(response, params["model"])
 
-    def stream(self, request: GenerationRequest) -> Iterator[Delta]:
-        params = self.params(request, stream=True)
-        state = _StreamState(self, params["model"])
-        with self.errors(params["model"]):
-            chunks = self.client().chat.completions.create(**params)
-        try:
-            with state.reading():
-                for chunk in chunks:
-                    delta = state.feed(chunk)
-                    if delta is not None:
-                        yield delta
-        finally:
-            chunks.close()
-        yield state.last()
+    # -- streaming: the loop is HostedBackend's; these say how this SDK opens a stream
+    def stream_state(self, model: str) -> "_StreamState":
+        return _StreamState(self, model)
 
-    async def astream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
-        params = self.params(request, stream=True)
-        state = _StreamState(self, params["model"])
-        with self.errors(params["model"]):
-            chunks = await self.aclient().chat.completions.create(**params)
-        try:
-            with state.reading():
-                async for chunk in chunks:
-                    delta = state.feed(chunk)
-                    if delta is not None:
-                        yield delta
-        finally:
-            await chunks.close()
-        yield state.last()
+    def open_stream(self, client: Any, params: dict[str, Any]) -> Any:
+        return client.chat.completions.create(**params)
 
     # -- structured output
     def generate_structured(self, request: GenerationRequest, schema: type[M]) -> M:

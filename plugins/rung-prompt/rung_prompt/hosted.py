@@ -16,7 +16,7 @@ import asyncio
 import os
 import re
 import weakref
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,7 +26,7 @@ from pydantic import SecretStr
 
 from rung.errors import RungError
 from rung.interfaces import BaseBackend
-from rung.records import Completion, GenerationRequest
+from rung.records import Completion, Delta, GenerationRequest
 
 
 class APIError(RungError):
@@ -165,6 +165,47 @@ class HostedBackend(BaseBackend):
         self.close()
 
     # -- batches
+    # -- streaming. A subclass says how its SDK opens a stream and gives a state object that
+    # reads its events: feed(event) -> Delta | None, a reading() context, last() -> final Delta.
+
+    def stream_state(self, model: str) -> Any:
+        """A fresh reader of one stream's events."""
+        raise NotImplementedError
+
+    def open_stream(self, client: Any, params: dict[str, Any]) -> Any:
+        """Start a streamed request with `client` (sync or async SDK client)."""
+        raise NotImplementedError
+
+    def stream(self, request: GenerationRequest) -> Iterator[Delta]:
+        params = self.params(request, stream=True)
+        state = self.stream_state(params["model"])
+        with self.errors(params["model"]):
+            events = self.open_stream(self.client(), params)
+        try:
+            with state.reading():
+                for event in events:
+                    delta = state.feed(event)
+                    if delta is not None:
+                        yield delta
+        finally:
+            events.close()
+        yield state.last()
+
+    async def astream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        params = self.params(request, stream=True)
+        state = self.stream_state(params["model"])
+        with self.errors(params["model"]):
+            events = await self.open_stream(self.aclient(), params)
+        try:
+            with state.reading():
+                async for event in events:
+                    delta = state.feed(event)
+                    if delta is not None:
+                        yield delta
+        finally:
+            await events.close()
+        yield state.last()
+
     def generate_batch(
         self, requests: Sequence[GenerationRequest], max_concurrency: int | None = None
     ) -> list[Completion]:
