@@ -32,7 +32,7 @@ class RandomBatches:
         rng = np.random.default_rng(self.pos)
         self.pos += 1
         ids = rng.integers(0, self.vocab, size=(self.batch, self.seq + 1))
-        return {"input_ids": ids[:, :-1], "labels": ids[:, 1:]}
+        return {"input_ids": ids[:, :-1], "targets": ids[:, 1:]}
 
     def state_dict(self):
         return {"pos": self.pos}
@@ -75,7 +75,7 @@ def bench_torch(args, config, precision: str) -> float:
 
     def objective(model, batch):
         logits = model(batch["input_ids"])
-        return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten()), {}
+        return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), batch["targets"].flatten()), {}
 
     model = Transformer(config, seed=0)
     engine = TorchEngine(model, TorchOptions(precision=precision))

@@ -36,6 +36,7 @@ _EXPORTS = {
     "load_config": "rung.config",
     "make_config": "rung.config",
     "Run": "rung.runner",
+    "RunContext": "rung.context",
     "backend": "rung.api",
     "tokenizer": "rung.api",
     "ask": "rung.api",
@@ -85,5 +86,6 @@ if TYPE_CHECKING:  # for editors and type checkers
         TrainResult,
         Usage,
     )
+    from rung.context import RunContext
     from rung.runner import Run
     from rung.training import TrainingOptions

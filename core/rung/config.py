@@ -223,15 +223,20 @@ def _check_plugin_names(data: dict[str, Any], registry: Registry, where: _Where)
 
 
 def _check_trainer_fits_backend(config: Any, registry: Registry, where: _Where) -> None:
+    """A trainer needs its objectives from the backend's framework: say so before the run."""
     if config.trainer is None:
         return
+    from rung.objectives import missing
+
     backend = registry.get("backend", config.backend.name)
     trainer = registry.get("trainer", config.trainer.name)
-    if backend.framework not in trainer.frameworks:
-        has = ", ".join(trainer.frameworks) or "none"
+    lacking = missing(registry, trainer.objectives, backend.framework)
+    if lacking:
+        has = ", ".join(registry.frameworks_with(trainer.objectives)) or "none installed"
         raise ConfigError(
-            f"{where(('trainer', 'name'))}: trainer '{trainer.name}' has no objective for backend "
-            f"'{backend.name}' (framework: {backend.framework or 'none, a hosted API'}); "
+            f"{where(('trainer', 'name'))}: trainer '{trainer.name}' needs objective "
+            f"{', '.join(repr(n) for n in lacking)}, which backend '{backend.name}' "
+            f"(framework: {backend.framework or 'none, a hosted API'}) does not provide; "
             f"it trains on: {has}"
         )
 

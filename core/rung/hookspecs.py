@@ -4,7 +4,7 @@ A plugin is a module listed under the entry-point group ``rung``; it implements 
 with ``@rung.hookimpl``. Registration hooks receive a ``register`` callback and must stay
 light: they name where things live (``"package.module:Name"``) and import nothing heavy.
 ``register(name, impl=..., options=..., summary=...)`` is the same for every kind; backends
-also give ``framework=`` and trainers ``frameworks=``.
+and objectives also give ``framework=``, and trainers ``objectives=`` (the names they ask for).
 
 Lifecycle hooks are called by the engines while a run trains.
 """
@@ -17,7 +17,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from rung.records import TrainResult
-    from rung.runner import Run
+    from rung.context import RunContext
 
 hookspec = pluggy.HookspecMarker("rung")
 hookimpl = pluggy.HookimplMarker("rung")
@@ -33,6 +33,11 @@ def rung_register_backends(register: Register) -> None:
 @hookspec
 def rung_register_trainers(register: Register) -> None:
     """Register trainers: learning objectives such as pretrain, sft, lora, dpo."""
+
+
+@hookspec
+def rung_register_objectives(register: Register) -> None:
+    """Register one framework's objectives by name (see ``rung.objectives``), with ``framework=``."""
 
 
 @hookspec
@@ -61,22 +66,22 @@ def rung_register_commands(register: Register) -> None:
 
 
 @hookspec
-def rung_after_model_load(run: Run, backend: Any) -> None:
+def rung_after_model_load(run: RunContext, backend: Any) -> None:
     """Called once the run's backend has built or loaded its model, before training."""
 
 
 @hookspec
-def rung_on_step(run: Run, step: int, metrics: dict[str, float]) -> None:
+def rung_on_step(run: RunContext, step: int, metrics: dict[str, float]) -> None:
     """Called after every logged optimizer step with that step's metrics."""
 
 
 @hookspec
-def rung_on_checkpoint(run: Run, step: int, path: str) -> None:
+def rung_on_checkpoint(run: RunContext, step: int, path: str) -> None:
     """Called after a checkpoint has been written completely to ``path``."""
 
 
 @hookspec
-def rung_on_train_end(run: Run, result: TrainResult) -> None:
+def rung_on_train_end(run: RunContext, result: TrainResult) -> None:
     """Called once when training finishes, with what it produced."""
 
 
@@ -85,6 +90,7 @@ def rung_on_train_end(run: Run, result: TrainResult) -> None:
 REGISTRATION_HOOKS: dict[str, str] = {
     "backend": "rung_register_backends",
     "trainer": "rung_register_trainers",
+    "objective": "rung_register_objectives",
     "tokenizer": "rung_register_tokenizers",
     "data_source": "rung_register_data_sources",
     "metric_sink": "rung_register_metric_sinks",

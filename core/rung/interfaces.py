@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
 from rung.records import Completion, Delta, Example, GenerationRequest, Message, TrainResult
 
 if TYPE_CHECKING:
-    from rung.runner import Run
+    from rung.context import RunContext
     from rung.training import TrainingOptions
 
 
@@ -180,7 +180,7 @@ class Engine(Protocol):
         objective: Objective,
         batches: BatchStream,
         options: TrainingOptions,
-        run: Run,
+        run: RunContext,
         evaluate: Evaluator | None = None,
     ) -> TrainResult:
         """Train `options.steps` optimizer steps of `objective`, resuming as options say."""
@@ -190,7 +190,7 @@ class Engine(Protocol):
 class Trainer(Protocol):
     """A learning objective and the shaping of its data."""
 
-    def train(self, run: Run) -> TrainResult:
+    def train(self, run: RunContext) -> TrainResult:
         """Build what the run needs from `run`, hand the objective to the engine, train."""
 
 

@@ -38,6 +38,7 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     model: str | None = None
+    raw: bool = False
 
     def __post_init__(self) -> None:
         if not self.messages and self.prompt is None:

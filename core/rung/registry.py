@@ -9,6 +9,7 @@ from typing import Any
 
 from rung.errors import PluginError
 from rung.hookspecs import REGISTRATION_HOOKS
+from rung.objectives import key as objective_key
 
 
 def import_object(path: str) -> Any:
@@ -30,8 +31,8 @@ class Descriptor:
     plugin: str
     options: str | None = None  # "package.module:OptionsModel", a pydantic model
     summary: str = ""
-    framework: str | None = None  # backends: "torch", "jax", or None for hosted APIs
-    frameworks: tuple[str, ...] = ()  # trainers: the frameworks they have an objective for
+    framework: str | None = None  # backends and objectives: "torch", "jax"; None: hosted
+    objectives: tuple[str, ...] = ()  # trainers: the objectives they ask the framework for
 
     def load(self) -> Any:
         """Import and return the implementation."""
@@ -76,8 +77,13 @@ class Registry:
             options: str | None = None,
             summary: str = "",
             framework: str | None = None,
-            frameworks: tuple[str, ...] | list[str] = (),
+            objectives: tuple[str, ...] | list[str] = (),
         ) -> None:
+            if kind == "objective":
+                if not framework:
+                    self.problems.append(f"objective '{name}' from {plugin} refused: it names no framework=")
+                    return
+                name = objective_key(name, framework)
             existing = self.items[kind].get(name)
             if existing is not None:
                 self.problems.append(
@@ -86,7 +92,7 @@ class Registry:
                 )
                 return
             descriptor = Descriptor(
-                kind, name, impl, plugin, options, summary, framework, tuple(frameworks)
+                kind, name, impl, plugin, options, summary, framework, tuple(objectives)
             )
             self.items[kind][name] = descriptor
             added.append(descriptor)
@@ -100,6 +106,13 @@ class Registry:
 
     def names(self, kind: str) -> list[str]:
         return sorted(self.items[kind])
+
+    def frameworks_with(self, objectives: tuple[str, ...]) -> list[str]:
+        """The frameworks that provide every one of `objectives`."""
+        have: dict[str, set[str]] = {}
+        for d in self.items["objective"].values():
+            have.setdefault(d.framework or "", set()).add(d.name.split("/")[0])
+        return sorted(f for f, names in have.items() if set(objectives) <= names)
 
     def get(self, kind: str, name: str) -> Descriptor:
         """The descriptor, or a PluginError that lists what exists and suggests a close name."""

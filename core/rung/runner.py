@@ -1,6 +1,7 @@
 """A run: its config, output folder, metric sinks, and the objects built from its sections.
 
-A trainer receives a `Run` and asks it for what it needs, when it needs it: a trainer that
+`Run` is the core's implementation of `rung.context.RunContext`, the only name trainers and
+engines depend on. A trainer asks it for what it needs, when it needs it: a trainer that
 learns a tokenizer first builds the backend only after, with that tokenizer.
 """
 
@@ -13,7 +14,7 @@ from typing import Any
 
 from rung.config import config_to_yaml
 from rung.errors import ConfigError
-from rung.interfaces import Backend, DataSource, MetricSink, Tokenizer
+from rung.interfaces import Backend, DataSource, MetricSink, Objective, Tokenizer
 from rung.plugins import Plugins, get_plugins
 from rung.records import TrainResult
 
@@ -25,7 +26,7 @@ def build(plugins: Plugins, kind: str, options: Any, **resources: Any) -> Any:
 
 
 class Run:
-    """Everything one `rung run` holds; handed to the trainer."""
+    """Everything one `rung run` holds; handed to the trainer as its `RunContext`."""
 
     def __init__(self, config: Any, plugins: Plugins | None = None) -> None:
         self.config = config
@@ -34,6 +35,10 @@ class Run:
         self._tokenizer: Tokenizer | None = None
         self._backend: Backend | None = None
         self._sinks: list[MetricSink] | None = None
+
+    @property
+    def seed(self) -> int:
+        return int(getattr(self.config, "seed", 0) or 0)
 
     # -- objects built from the config, once each
 
@@ -62,6 +67,19 @@ class Run:
             raise ConfigError(f"trainer '{self.config.trainer.name}' needs a 'data' section")
         return build(self.plugins, "data_source", self.config.data)
 
+    def build(self, kind: str, section: Mapping[str, Any] | Any, where: str) -> Any:
+        """Build a registered `kind` from a config section, validated by its options model."""
+        if isinstance(section, Mapping):
+            section = validate_section(self.plugins.registry, kind, section, where)
+        return build(self.plugins, kind, section)
+
+    def objective(self, name: str) -> Objective:
+        """The backend framework's implementation of objective `name`."""
+        from rung import objectives
+
+        framework = getattr(self.backend(), "framework", None)
+        return objectives.load(self.plugins.registry, name, framework)
+
     # -- what engines report
 
     def log(self, step: int, metrics: Mapping[str, float | str]) -> None:
@@ -86,6 +104,23 @@ class Run:
         for sink in self._sinks or []:
             sink.close()
         self._sinks = None
+
+
+def validate_section(registry: Any, kind: str, data: Mapping[str, Any], where: str) -> Any:
+    """A config section (mapping with `name`) validated by that thing's options model."""
+    from pydantic import ValidationError
+
+    from rung.config import section_model
+
+    if "name" not in data:
+        raise ConfigError(f"{where}: needs a 'name'")
+    model = section_model(registry, kind, data["name"])
+    try:
+        return model.model_validate(dict(data))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        path = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{where}.{path}: {first['msg']}") from None
 
 
 def run_config(config: Any, plugins: Plugins | None = None) -> TrainResult:

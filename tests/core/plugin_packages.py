@@ -36,7 +36,12 @@ def rung_register_backends(register):
 @rung.hookimpl
 def rung_register_trainers(register):
     register("count", impl="rung_echo.impl:CountTrainer", options="rung_echo.impl:CountOptions",
-             summary="counts steps", frameworks=("toy",))
+             summary="counts steps", objectives=("next_token_loss",))
+
+@rung.hookimpl
+def rung_register_objectives(register):
+    register("next_token_loss", impl="rung_echo.impl:toy_loss", framework="toy",
+             summary="a toy framework's next-token loss")
 
 @rung.hookimpl
 def rung_register_metric_sinks(register):
@@ -133,6 +138,10 @@ class Lines:
         with open(self.path) as f:
             for number, line in enumerate(f, 1):
                 yield rung.Document(line.rstrip("\\n"), id=str(number), source=self.path)
+
+
+def toy_loss(model, batch):
+    return 0.0, {}
 
 
 def exact(completion, reference):

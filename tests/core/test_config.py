@@ -101,7 +101,7 @@ def test_unknown_top_level_key_suggests(with_plugins):
 
 
 def test_trainer_must_have_an_objective_for_the_backend_framework(with_plugins):
-    with pytest.raises(ConfigError, match=r"trainer 'count' has no objective for backend 'twin-only'"):
+    with pytest.raises(ConfigError, match=r"trainer 'count' needs objective 'next_token_loss', which backend 'twin-only' \(framework: "):
         make_config({"backend": {"name": "twin-only"}, "trainer": {"name": "count"}, "output_dir": "x"})
 
 

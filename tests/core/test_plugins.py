@@ -28,6 +28,7 @@ def test_third_party_plugin_is_found_with_its_version(with_plugins):
     assert kinds == {
         ("backend", "echo"), ("trainer", "count"), ("metric_sink", "memory"), ("command", "hello"),
         ("tokenizer", "chars"), ("data_source", "lines"), ("reward_function", "exact"),
+        ("objective", "next_token_loss/toy"),
     }
 
 

@@ -28,7 +28,7 @@ class SmallStream:
         start = rng.integers(0, self.vocab, size=(self.batch, 1))
         step = rng.integers(1, 3, size=(self.batch, 1))
         ids = (start + step * np.arange(self.seq + 1)) % self.vocab
-        return {"input_ids": ids[:, :-1].astype(np.int64), "labels": ids[:, 1:].astype(np.int64)}
+        return {"input_ids": ids[:, :-1].astype(np.int64), "targets": ids[:, 1:].astype(np.int64)}
 
     def state_dict(self):
         return {"pos": self.pos}
@@ -74,7 +74,7 @@ class HangingStream(SmallStream):
         poison = self.pos == self.nan_at
         batch = super().__next__()
         if poison:  # a label outside the vocabulary: the loss's gather yields NaN
-            batch["labels"] = batch["labels"] + 10 * self.vocab
+            batch["targets"] = batch["targets"] + 10 * self.vocab
         return batch
 
 

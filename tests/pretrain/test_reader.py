@@ -54,7 +54,7 @@ def test_batches_are_shifted_windows_deterministic_and_resumable(shards):
     first = [next(stream) for _ in range(5)]
     batch = first[0]
     assert batch["input_ids"].shape == (4, 16) and batch["input_ids"].dtype == np.int64
-    assert np.array_equal(batch["input_ids"][:, 1:], batch["labels"][:, :-1])  # labels = next tokens
+    assert np.array_equal(batch["input_ids"][:, 1:], batch["targets"][:, :-1])  # labels = next tokens
     again = TokenBatches(shards, batch_size=4, seq_len=16, seed=7)
     assert all(np.array_equal(a["input_ids"], b["input_ids"]) for a, b in zip(first, [next(again) for _ in range(5)]))
     other_seed = next(TokenBatches(shards, batch_size=4, seq_len=16, seed=8))
@@ -64,7 +64,7 @@ def test_batches_are_shifted_windows_deterministic_and_resumable(shards):
     expected = [next(stream) for _ in range(3)]
     resumed = TokenBatches(shards, batch_size=4, seq_len=16, seed=7)
     resumed.load_state_dict(state)
-    assert all(np.array_equal(a["labels"], b["labels"]) for a, b in zip(expected, [next(resumed) for _ in range(3)]))
+    assert all(np.array_equal(a["targets"], b["targets"]) for a, b in zip(expected, [next(resumed) for _ in range(3)]))
 
 
 def test_ranks_see_different_data(shards):

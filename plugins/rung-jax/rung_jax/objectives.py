@@ -1,9 +1,7 @@
-"""Objectives for the jax engine: pure functions `objective(model, batch) -> (loss, metrics)`.
+"""rung-jax's objectives, by the names `rung.objectives` defines.
 
-- `next_token_loss`: pretraining on packed windows whose `labels` are already shifted
-  (rung-pretrain's reader: `labels[:, t]` is the token after `input_ids[:, t]`).
-- `sft_loss`: fine-tuning with Hugging Face's label convention: `labels` is aligned with
-  `input_ids` (-100 where no loss is taken) and shifted here, as `rung_lora`'s torch objective does.
+Each is a pure jax function `objective(model, batch) -> (value, metrics)` of an NNX model and
+a dict of arrays; the engine traces it inside its jitted step, evaluators call it jitted.
 """
 
 from __future__ import annotations
@@ -14,39 +12,39 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-IGNORE_INDEX = -100
+from rung.objectives import IGNORE_INDEX
 
 
-def token_cross_entropy(logits: jax.Array, targets: jax.Array, reduction: str = "mean") -> jax.Array:
-    """Cross-entropy in fp32 of logits [..., V] against int targets [...], skipping -100."""
-    logits = logits.astype(jnp.float32)
-    keep = targets != IGNORE_INDEX
-    safe = jnp.where(keep, targets, 0)
-    logz = jax.nn.logsumexp(logits, axis=-1)
-    picked = jnp.take_along_axis(logits, safe[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    nll = jnp.where(keep, logz - picked, 0.0)
-    total = nll.sum()
-    if reduction == "sum":
-        return total
-    return total / jnp.maximum(keep.sum(), 1)
-
-
-def _logits(model: Any, batch: Mapping[str, Any]) -> jax.Array:
+def predictions(model: Any, batch: Mapping[str, Any]) -> tuple[jax.Array, jax.Array]:
+    """Logits (fp32) and the token each one predicts (-100: none), aligned [B, T', V] / [B, T']."""
+    ids = jnp.asarray(batch["input_ids"])
     mask = batch.get("attention_mask")
-    return model(jnp.asarray(batch["input_ids"]), None if mask is None else jnp.asarray(mask))
+    logits = model(ids, None if mask is None else jnp.asarray(mask)).astype(jnp.float32)
+    if "targets" in batch:
+        return logits, jnp.asarray(batch["targets"])
+    labels = jnp.asarray(batch["labels"]) if "labels" in batch else ids
+    return logits[:, :-1], labels[:, 1:]
+
+
+def _token_nll(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-token negative log-likelihood (0 where not kept) and the keep mask."""
+    keep = targets != IGNORE_INDEX
+    safe = jnp.where(keep, targets, 0).astype(jnp.int32)
+    logz = jax.nn.logsumexp(logits, axis=-1)
+    picked = jnp.take_along_axis(logits, safe[..., None], axis=-1)[..., 0]
+    return jnp.where(keep, logz - picked, 0.0), keep
 
 
 def next_token_loss(model: Any, batch: Mapping[str, Any]) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Mean next-token cross-entropy; `labels` already shifted (or, without labels, the ids shifted)."""
-    ids = jnp.asarray(batch["input_ids"])
-    logits = _logits(model, batch)
-    if "labels" in batch:
-        return token_cross_entropy(logits, jnp.asarray(batch["labels"])), {}
-    return token_cross_entropy(logits[:, :-1], ids[:, 1:]), {}
+    nll, keep = _token_nll(*predictions(model, batch))
+    return nll.sum() / jnp.maximum(keep.sum(), 1), {}
 
 
-def sft_loss(model: Any, batch: Mapping[str, Any]) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Masked next-token cross-entropy: position t predicts labels[t + 1] where it is not -100."""
-    labels = jnp.asarray(batch["labels"])
-    logits = _logits(model, batch)
-    return token_cross_entropy(logits[:, :-1], labels[:, 1:]), {}
+def token_nll_sum(model: Any, batch: Mapping[str, Any]) -> tuple[jax.Array, dict[str, jax.Array]]:
+    nll, keep = _token_nll(*predictions(model, batch))
+    return nll.sum(), {"tokens": keep.sum()}
+
+
+def sequence_logprobs(model: Any, batch: Mapping[str, Any]) -> tuple[jax.Array, dict[str, jax.Array]]:
+    nll, _ = _token_nll(*predictions(model, batch))
+    return -nll.sum(-1), {}

@@ -14,3 +14,13 @@ def rung_register_backends(register):
         summary="rung's Llama-style model in JAX/Flax NNX: jitted generation, sharded training",
         framework="jax",
     )
+
+
+OBJECTIVES = ("next_token_loss", "token_nll_sum", "sequence_logprobs")
+
+
+@hookimpl
+def rung_register_objectives(register):
+    for name in OBJECTIVES:
+        register(name, impl=f"rung_jax.objectives:{name}", framework="jax",
+                 summary=f"{name} for jax models")

@@ -9,10 +9,10 @@ from rung.hookspecs import hookimpl
 def rung_register_trainers(register):
     register("sft", impl="rung_lora.trainer:SFTTrainer", options="rung_lora.options:SFTOptions",
              summary="supervised fine-tuning of every weight on chat / prompt-completion data",
-             frameworks=("torch", "jax"))
+             objectives=("next_token_loss", "token_nll_sum"))
     register("lora", impl="rung_lora.trainer:LoraTrainer", options="rung_lora.options:LoraOptions",
              summary="LoRA / DoRA / QLoRA adapters through peft, saved in the PEFT format",
-             frameworks=("torch",))
+             objectives=("next_token_loss", "token_nll_sum"))
 
 
 @hookimpl

@@ -25,7 +25,7 @@ def rung_register_trainers(register):
     if find_spec("rung_pretrain.trainer") is not None and find_spec("rung_pretrain.trainer_options") is not None:
         register("pretrain", impl="rung_pretrain.trainer:PretrainTrainer",
                  options="rung_pretrain.trainer_options:PretrainOptions",
-                 summary="next-token prediction on packed token shards", frameworks=("torch", "jax"))
+                 summary="next-token prediction on packed token shards", objectives=("next_token_loss", "token_nll_sum"))
 
 
 @hookimpl

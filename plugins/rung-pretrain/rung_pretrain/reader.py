@@ -1,9 +1,9 @@
 """Read token shards: numpy memmaps, verified against their metadata; no torch, no jax.
 
     stream = TokenBatches("runs/x/data", batch_size=8, seq_len=256, seed=0)
-    batch = next(stream)        # {"input_ids": int64[8, 256], "labels": int64[8, 256]}
+    batch = next(stream)        # {"input_ids": int64[8, 256], "targets": int64[8, 256]}
 
-`labels` are already shifted: `labels[:, t]` is the token that follows `input_ids[:, t]`.
+`targets` are already shifted (the `rung.objectives` convention): `targets[:, t]` is the token that follows `input_ids[:, t]`.
 Each batch is a function of (seed, rank, step) alone, so `state_dict()` is just the step and
 a resumed run sees exactly the batches it would have seen.
 """
@@ -204,7 +204,7 @@ class TokenBatches:
     def batch(self, step: int) -> dict[str, np.ndarray]:
         """Batch number `step` (what `next()` returns at that step)."""
         windows = np.stack([self.shards.take(int(s), self.seq_len + 1) for s in self.starts(step)])
-        return {"input_ids": np.ascontiguousarray(windows[:, :-1]), "labels": np.ascontiguousarray(windows[:, 1:])}
+        return {"input_ids": np.ascontiguousarray(windows[:, :-1]), "targets": np.ascontiguousarray(windows[:, 1:])}
 
     def __iter__(self) -> TokenBatches:
         return self
@@ -262,7 +262,7 @@ def validation_batches(source: str | Path | TokenShards, batch_size: int, seq_le
     out = []
     for group in groups:
         rows = np.stack([shards.take(int(w) * seq_len, seq_len + 1) for w in group])
-        out.append({"input_ids": np.ascontiguousarray(rows[:, :-1]), "labels": np.ascontiguousarray(rows[:, 1:])})
+        out.append({"input_ids": np.ascontiguousarray(rows[:, :-1]), "targets": np.ascontiguousarray(rows[:, 1:])})
     return out
 
 

@@ -282,7 +282,7 @@ def torch_next_token_loss(model: Any, batch: Mapping[str, Any]) -> tuple[Any, di
     from rung_torch.modeling import forward_logits
 
     logits = forward_logits(model, batch["input_ids"])
-    labels = batch["labels"]
+    labels = batch["targets"]
     loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
     return loss, {}
 
@@ -299,7 +299,7 @@ def _torch_val_loss(model: Any, batch: Mapping[str, Any]) -> tuple[float, int]:
                for k, v in batch.items()}
     with torch.no_grad():
         logits = forward_logits(model, tensors["input_ids"])
-        labels = tensors["labels"].reshape(-1)
+        labels = tensors["targets"].reshape(-1)
         total = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels,
                                 ignore_index=-100, reduction="sum")
     return float(total), int((labels != -100).sum())
@@ -316,7 +316,7 @@ def _jax_val_loss(objective: Any) -> Any:
 
             compiled.append(nnx.jit(lambda m, b: objective(m, b)[0]))
         loss = compiled[0](model, {k: np.asarray(v) for k, v in batch.items()})
-        labels = np.asarray(batch["labels"])
+        labels = np.asarray(batch["targets"])
         count = int((labels != -100).sum())
         return float(loss) * count, count
 

@@ -10,3 +10,13 @@ def rung_register_backends(register):
     register("torch", impl="rung_torch.backend:TorchBackend", options="rung_torch.options:TorchOptions",
              summary="rung's Llama-style model in PyTorch (CUDA or CPU): generate and train",
              framework="torch")
+
+
+OBJECTIVES = ("next_token_loss", "token_nll_sum", "sequence_logprobs")
+
+
+@hookimpl
+def rung_register_objectives(register):
+    for name in OBJECTIVES:
+        register(name, impl=f"rung_torch.objectives:{name}", framework="torch",
+                 summary=f"{name} for torch models")
