@@ -50,7 +50,8 @@ def main() -> None:
 
     # 3. Many prompts at once, at most 4 in flight, answers in order.
     questions = [f"In one word: the continent of the {r} river?" for r in ("Amazon", "Danube", "Mekong", "Volga")]
-    for q, c in zip(questions, llm.generate_batch([GenerationRequest(prompt=q, max_tokens=10) for q in questions], max_concurrency=4)):
+    answers = llm.generate_batch([GenerationRequest(prompt=q, max_tokens=10) for q in questions], max_concurrency=4)
+    for q, c in zip(questions, answers):
         print(f"{q} -> {c.text.strip()}")
 
     # 4. Structured output into a pydantic model (where the API supports it).

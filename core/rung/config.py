@@ -198,7 +198,8 @@ class _Where:
                 return f"command line override {dotted}"
         for n in range(len(path), -1, -1):
             if path[:n] in self.lines:
-                return f"{self.source}:{self.lines[path[:n]]}: {dotted}" if dotted else f"{self.source}:{self.lines[path[:n]]}"
+                at = f"{self.source}:{self.lines[path[:n]]}"
+                return f"{at}: {dotted}" if dotted else at
         return f"{self.source}: {dotted}" if dotted else self.source
 
 
@@ -255,7 +256,8 @@ def _format_errors(exc: ValidationError, data: Any, model: type[BaseModel], wher
                 message += f"; allowed: {', '.join(allowed)}"
         else:
             message = error["msg"]
-            if error["type"] not in ("missing",) and "input" in error and not isinstance(error["input"], (dict, list, SecretStr)):
+            shown_as_is = "input" in error and not isinstance(error["input"], (dict, list, SecretStr))
+            if error["type"] not in ("missing",) and shown_as_is:
                 shown = error["input"]
                 if _is_secret_path(model, data, path):
                     shown = "**********"

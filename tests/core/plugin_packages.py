@@ -161,7 +161,8 @@ class CountTrainer:
         for step in range(1, self.options.steps + 1):
             run.log(step, {"loss": 1.0 / step, "echo": backend.generate(rung.GenerationRequest(prompt="x")).text})
         run.checkpointed(self.options.steps, str(run.output_dir))
-        return TrainResult(steps=self.options.steps, output_dir=str(run.output_dir), final_loss=1.0 / self.options.steps)
+        steps = self.options.steps
+        return TrainResult(steps=steps, output_dir=str(run.output_dir), final_loss=1.0 / steps)
 
 
 class MemorySink:

@@ -53,7 +53,8 @@ def write_config(tmp_path, body):
 
 
 def test_config_validate_good_and_bad(rung_cli, tmp_path):
-    good = write_config(tmp_path, f"backend: {{name: echo}}\ntrainer: {{name: count, steps: 2}}\noutput_dir: {tmp_path}\n")
+    good = write_config(tmp_path, f"backend: {{name: echo}}\ntrainer: {{name: count, steps: 2}}\n"
+                                  f"output_dir: {tmp_path}\n")
     assert rung_cli("config", "validate", str(good)).stdout.strip() == f"{good}: valid"
     bad = rung_cli("config", "validate", str(good), "trainer.step=3")
     assert bad.returncode == 2

@@ -50,7 +50,8 @@ def test_unknown_key_names_file_line_path_and_suggests(with_plugins, tmp_path):
 
 def test_unknown_plugin_name_suggests_a_close_one(with_plugins, tmp_path):
     path = write(tmp_path, GOOD.format(out=tmp_path).replace("name: count", "name: cuont"))
-    with pytest.raises(ConfigError, match=r":6: trainer\.name: unknown trainer 'cuont' \(did you mean 'count'\?\); installed: "):
+    suggestion = r":6: trainer\.name: unknown trainer 'cuont' \(did you mean 'count'\?\); installed: "
+    with pytest.raises(ConfigError, match=suggestion):
         load_config(path)
 
 
@@ -61,7 +62,8 @@ def test_wrong_type_says_what_was_given(with_plugins, tmp_path):
 
 
 def test_secret_values_never_appear_in_errors(with_plugins, tmp_path):
-    path = write(tmp_path, GOOD.format(out=tmp_path).replace("api_key: sk-secret-value-123", "api_key: [sk-secret-value-123]"))
+    text = GOOD.format(out=tmp_path).replace("api_key: sk-secret-value-123", "api_key: [sk-secret-value-123]")
+    path = write(tmp_path, text)
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert "api_key" in str(err.value) and "sk-secret-value-123" not in str(err.value)
@@ -71,7 +73,8 @@ def test_overrides_are_parsed_as_yaml_and_named_in_errors(with_plugins, tmp_path
     path = write(tmp_path, GOOD.format(out=tmp_path))
     config = load_config(path, ["trainer.steps=11", "backend.prefix=hi", "seed=3"])
     assert (config.trainer.steps, config.backend.prefix, config.seed) == (11, "hi", 3)
-    with pytest.raises(ConfigError, match=r"command line override trainer\.steps: Input should be greater than or equal to 1"):
+    too_small = r"command line override trainer\.steps: Input should be greater than or equal to 1"
+    with pytest.raises(ConfigError, match=too_small):
         load_config(path, ["trainer.steps=0"])
     with pytest.raises(ConfigError, match="expected KEY.PATH=VALUE"):
         load_config(path, ["trainer.steps"])
@@ -101,7 +104,8 @@ def test_unknown_top_level_key_suggests(with_plugins):
 
 
 def test_trainer_must_have_an_objective_for_the_backend_framework(with_plugins):
-    with pytest.raises(ConfigError, match=r"trainer 'count' needs objective 'next_token_loss', which backend 'twin-only' \(framework: "):
+    refused = r"trainer 'count' needs objective 'next_token_loss', which backend 'twin-only' \(framework: "
+    with pytest.raises(ConfigError, match=refused):
         make_config({"backend": {"name": "twin-only"}, "trainer": {"name": "count"}, "output_dir": "x"})
 
 

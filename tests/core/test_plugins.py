@@ -50,7 +50,8 @@ def test_plugin_broken_at_registration_is_skipped_and_its_items_taken_back(with_
 def test_duplicate_name_is_refused_naming_both_plugins(with_plugins):
     plugins = load_plugins()
     assert plugins.registry.get("backend", "echo").plugin == "rung-echo"
-    assert "backend 'echo' from rung-twin refused: rung-echo already registered a backend of that name" in plugins.warnings
+    refused = "backend 'echo' from rung-twin refused: rung-echo already registered a backend of that name"
+    assert refused in plugins.warnings
     # The rest of the duplicate plugin still registers.
     assert plugins.registry.get("backend", "twin-only").plugin == "rung-twin"
 
