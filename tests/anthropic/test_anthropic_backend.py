@@ -8,7 +8,7 @@ from pydantic import BaseModel
 import rung
 from tests.fake_llm_server import TEST_KEY as KEY
 from rung.records import GenerationRequest, Message
-from rung_prompt.hosted import APIError
+from rung.hosted import APIError
 
 
 def make(server, **options):
@@ -155,7 +155,7 @@ def test_malformed_and_user_errors_are_single_lines(server):
 
 
 def test_keys_from_env_and_store_and_a_wrong_key_never_shows(server, monkeypatch):
-    from rung_prompt.keys import set_key
+    from rung.keys import set_key
 
     with pytest.raises(APIError, match=r"no API key: set \$ANTHROPIC_API_KEY"):
         rung.backend("anthropic")
@@ -174,3 +174,15 @@ def test_a_base_url_with_v1_gets_a_hint(server):
     backend = rung.backend("anthropic", model="claude-test", api_key=KEY, base_url=server.url + "/v1", max_retries=0)
     with pytest.raises(APIError, match=r"not found \(404\).*has no /v1"):
         backend.generate(GenerationRequest(prompt="x"))
+
+
+def test_raw_continuation_is_refused_before_anything_is_sent(server):
+    backend = make(server)
+    raw = GenerationRequest(prompt="def fibonacci(n):", raw=True)
+    sent = len(server.requests)
+    for call in (lambda: backend.generate(raw), lambda: list(backend.stream(raw)),
+                 lambda: asyncio.run(backend.agenerate(raw))):
+        with pytest.raises(APIError, match=r"^anthropic: raw continuation \(--raw\) needs a local backend") as info:
+            call()
+        assert info.value.kind == "unsupported"
+    assert len(server.requests) == sent

@@ -8,7 +8,7 @@ from pydantic import BaseModel
 import rung
 from tests.fake_llm_server import TEST_KEY as KEY
 from rung.records import GenerationRequest, Message
-from rung_prompt.hosted import APIError
+from rung.hosted import APIError
 
 
 def make(server, **options):
@@ -176,7 +176,7 @@ def test_user_errors_are_single_lines(server):
 
 
 def test_keys_come_from_config_env_or_the_key_store(server, monkeypatch):
-    from rung_prompt.keys import set_key
+    from rung.keys import set_key
 
     with pytest.raises(APIError, match="no API key: set \\$OPENAI_API_KEY") as info:
         rung.backend("openai", model="gpt-test")  # the real API needs a key; none anywhere
@@ -214,3 +214,32 @@ def test_a_base_url_without_v1_gets_a_hint(server):
     with pytest.raises(APIError, match=r"not found \(404\).*usually ends in /v1") as info:
         backend.generate(GenerationRequest(prompt="x"))
     assert info.value.kind == "not_found"
+
+
+def test_raw_continuation_is_refused_before_anything_is_sent(server):
+    backend = make(server)
+    raw = GenerationRequest(prompt="def fibonacci(n):", raw=True)
+    sent = len(server.requests)
+    for call in (lambda: backend.generate(raw), lambda: list(backend.stream(raw)),
+                 lambda: asyncio.run(backend.agenerate(raw)), lambda: backend.generate_batch([raw])):
+        with pytest.raises(APIError, match=r"^openai: raw continuation \(--raw\) needs a local backend") as info:
+            call()
+        assert info.value.kind == "unsupported" and isinstance(info.value, NotImplementedError)
+    assert len(server.requests) == sent
+
+
+def test_the_backend_needs_only_the_core_not_the_prompt_commands():
+    import json
+    import subprocess
+    import sys
+
+    probe = ("import json, sys, rung; b = rung.backend('openai', model='m', api_key='k', base_url='http://127.0.0.1:1/v1');"
+             "from rung.plugins import get_plugins; p = get_plugins();"
+             "print(json.dumps({'modules': sorted(sys.modules), 'commands': sorted(p.registry.items['command'])}))")
+    env = {**__import__("os").environ, "RUNG_LOAD_PLUGINS": "rung-openai"}
+    out = json.loads(subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True).stdout)
+    assert "rung_prompt" not in out["modules"] and "rung.hosted" in out["modules"]
+    assert not {"prompt", "chat", "logs", "keys"} & set(out["commands"])
+    core = subprocess.run([sys.executable, "-c", "import json, sys, rung.hosted, rung.keys; print(json.dumps(sorted(sys.modules)))"],
+                          capture_output=True, text=True, check=True).stdout
+    assert not {"openai", "anthropic", "rung_prompt"} & set(json.loads(core))  # the hosted base is SDK-free

@@ -128,3 +128,40 @@ def test_keys_set_list_use_and_never_leak(cli, server):
     assert b"from the store" in db and KEY.encode() not in db
     cli("keys", "remove", "openai")
     assert cli("keys", "list").stdout == ""
+
+
+def test_raw_is_refused_by_a_hosted_chat_api_in_one_line(cli, server):
+    sent = len(server.requests)
+    proc = cli("prompt", *cli.openai, "--raw", "def fibonacci(n):", check=False)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr == "rung: error: openai: raw continuation (--raw) needs a local backend; a hosted chat API only answers messages\n"
+    assert len(server.requests) == sent  # nothing went out as a disguised user turn
+    proc = cli("prompt", *cli.openai, "--raw", "--system", "be kind", "x", check=False)
+    assert proc.returncode == 2 and "--raw continues TEXT as plain text" in proc.stderr
+
+
+def test_raw_continues_the_text_where_a_local_chat_model_would_wrap_it(cli, tmp_path):
+    pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    import rung
+
+    byte = rung.tokenizer("byte")
+    byte.save(tmp_path / "byte")
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "byte" / "tokenizer.json"), eos_token="<|endoftext|>")
+    tokenizer.chat_template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}[assistant] "
+    model = tmp_path / "chat-model"
+    tokenizer.save_pretrained(model)
+    transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=byte.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+    )).save_pretrained(model)
+    local = dict(RUNG_LOAD_PLUGINS="rung-torch,rung-tokenizers,rung-prompt")
+    args = ("prompt", "-b", "torch", "-m", str(model), "-o", "device=cpu", "--max-tokens", "2", "-v")
+
+    templated = len("[user] def f(\n[assistant] ")  # bytes: one token each
+    chat = cli(*args, "def f(", **local)  # a chat model answers a user turn through its template
+    assert f"[torch chat-model | {templated} prompt + 2 completion tokens" in chat.stderr
+    raw = cli(*args, "--raw", "def f(", **local)  # --raw: the text itself, byte for byte
+    assert f"[torch chat-model | {len('def f(')} prompt + 2 completion tokens" in raw.stderr
+    logged = [json.loads(line) for line in cli("logs", "--json", **local).stdout.splitlines()]
+    assert [entry["options"].get("raw") for entry in logged] == [None, True]

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from rung.interfaces import Capabilities
 from rung.records import Completion, Delta, GenerationRequest, Usage
 from rung_anthropic.options import AnthropicOptions
-from rung_prompt.hosted import APIError, HostedBackend, first, one_line, stream_failure
+from rung.hosted import APIError, HostedBackend, first, one_line, stream_failure
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -69,7 +69,7 @@ class AnthropicBackend(HostedBackend):
             kwargs["default_headers"] = {"anthropic-version": o.api_version}
         return (anthropic.AsyncAnthropic if async_ else anthropic.Anthropic)(**kwargs)
 
-    def params(self, request: GenerationRequest, stream: bool = False) -> dict[str, Any]:
+    def sdk_params(self, request: GenerationRequest, stream: bool = False) -> dict[str, Any]:
         """The keyword arguments of ``messages.create`` for `request`."""
         o = self.options
         model = request.model or o.model

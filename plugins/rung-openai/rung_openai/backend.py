@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from rung.interfaces import Capabilities
 from rung.records import Completion, Delta, GenerationRequest, Usage
 from rung_openai.options import OpenAIOptions
-from rung_prompt.hosted import APIError, HostedBackend, UnsupportedError, first, one_line, stream_failure
+from rung.hosted import APIError, HostedBackend, UnsupportedError, first, one_line, stream_failure
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -65,7 +65,7 @@ class OpenAIBackend(HostedBackend):
             kwargs["organization"] = o.organization
         return (openai.AsyncOpenAI if async_ else openai.OpenAI)(**kwargs)
 
-    def params(self, request: GenerationRequest, stream: bool = False) -> dict[str, Any]:
+    def sdk_params(self, request: GenerationRequest, stream: bool = False) -> dict[str, Any]:
         """The keyword arguments of ``chat.completions.create`` for `request`."""
         o = self.options
         params: dict[str, Any] = {

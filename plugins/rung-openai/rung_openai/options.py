@@ -6,21 +6,24 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from rung.options import Options, SecretStr
+from rung.hosted import HostedOptions
+from rung.options import SecretStr
 
 
-class OpenAIOptions(Options):
-    """OpenAI chat completions. Sampling options here are defaults; a request's own win."""
+class OpenAIOptions(HostedOptions):
+    """OpenAI chat completions. Sampling options here are defaults; a request's own win.
+
+    The key, base_url, timeout, retry and concurrency options are the hosted base's
+    (`rung.hosted.HostedOptions`), with OpenAI's defaults.
+    """
 
     model: str = Field("gpt-4o-mini", description="model name, e.g. gpt-4o-mini")
     api_key: SecretStr | None = Field(None, description="API key; else $OPENAI_API_KEY (api_key_env), else `rung keys set openai` (key_name)")
     api_key_env: str | None = Field("OPENAI_API_KEY", description="environment variable read when api_key is not set")
     key_name: str | None = Field("openai", description="key store entry read when neither api_key nor the environment has a key")
     base_url: str | None = Field(None, description="server URL including /v1, e.g. http://localhost:8000/v1 (vLLM, llama.cpp, Ollama); default OpenAI's")
-    organization: str | None = Field(None, description="OpenAI organization id")
     timeout: float = Field(60.0, gt=0, description="seconds to wait for a response (and between streamed chunks) before a retry")
-    max_retries: int = Field(2, ge=0, description="retries on 408/409/429/5xx, timeouts and connection errors, with backoff (the SDK's own)")
-    max_concurrency: int = Field(8, ge=1, description="requests in flight in generate_batch")
+    organization: str | None = Field(None, description="OpenAI organization id")
     max_tokens: int | None = Field(None, ge=1, description="default cap on generated tokens")
     max_tokens_field: Literal["auto", "max_tokens", "max_completion_tokens"] = Field(
         "auto", description="request field for max tokens: auto = max_completion_tokens for OpenAI, max_tokens for other servers")

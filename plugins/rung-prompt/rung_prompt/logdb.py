@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from rung_prompt.paths import config_dir
+from rung.paths import config_dir
 
 FILE_NAME = "logs.db"
 

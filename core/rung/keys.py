@@ -1,7 +1,10 @@
-"""The key store: API keys by name in ``<config dir>/keys.json``, mode 0600.
+"""API keys: where a hosted backend finds its key, and the key store that can hold it.
 
-``rung keys set openai`` writes one; backends read it when neither their config nor the
-environment gives a key. Values come back as `SecretStr` so they never print by accident.
+`resolve_key` looks in the backend's ``api_key`` option, then an environment variable, then
+the key store: keys by name in ``<config dir>/keys.json``, mode 0600, written by
+``rung keys set openai`` (rung-prompt) or `set_key`. Values stay `SecretStr` so they never
+print by accident, and a resolved key remembers where it came from (named in errors, never
+the value).
 """
 
 from __future__ import annotations
@@ -10,12 +13,13 @@ import json
 import os
 import re
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import SecretStr
 
 from rung.errors import RungError
-from rung_prompt.paths import config_dir, ensure_config_dir
+from rung.paths import config_dir, ensure_config_dir
 
 FILE_NAME = "keys.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -93,3 +97,25 @@ def remove_key(name: str) -> bool:
 
 def key_names() -> list[str]:
     return sorted(_read())
+
+
+@dataclass(frozen=True)
+class ResolvedKey:
+    value: SecretStr | None
+    source: str  # "the api_key option", "$OPENAI_API_KEY", "the key store ('openai')", "none"
+
+    def __repr__(self) -> str:
+        return f"ResolvedKey(source={self.source!r})"
+
+
+def resolve_key(configured: SecretStr | None, env_var: str | None, store_name: str | None) -> ResolvedKey:
+    """The first key found: the config option, the environment variable, the key store."""
+    if configured is not None and configured.get_secret_value():
+        return ResolvedKey(configured, "the api_key option")
+    if env_var and os.environ.get(env_var, "").strip():
+        return ResolvedKey(SecretStr(os.environ[env_var].strip()), f"${env_var}")
+    if store_name:
+        stored = get_key(store_name)
+        if stored is not None:
+            return ResolvedKey(stored, f"the key store ('{store_name}')")
+    return ResolvedKey(None, "none")

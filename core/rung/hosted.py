@@ -1,13 +1,16 @@
-"""What hosted-API backends (rung-openai, rung-anthropic) share.
+"""The hosted base: what hosted-API backends (rung-openai, rung-anthropic) share.
 
-- `resolve_key`: the backend's ``api_key`` option, else an environment variable, else the key
-  store (``rung keys set NAME``); the key stays a `SecretStr` and its source is remembered
-  (named in errors, never the value).
-- `APIError`: the one-line `RungError` every SDK failure becomes, with a `kind` for code.
+- `HostedOptions`: the options every hosted backend has (model, key and where else to find
+  it, base_url, timeout, retries, batch concurrency); a provider subclasses it.
 - `HostedBackend`: SDK clients built lazily (one sync client, one async client per event
-  loop), `generate_batch` over the async client with bounded concurrency, a key-free repr.
+  loop), the key found by `rung.keys.resolve_key` (option, environment, key store), the one
+  stream/astream loop, `generate_batch` over the async client with bounded concurrency, a
+  key-free repr, and SDK failures turned into one-line errors with the key scrubbed.
+- `APIError`: the one-line `RungError` every SDK failure becomes, with a `kind` for code.
 
-Retries are the SDKs' own (``max_retries``, ``timeout`` options); nothing here retries.
+Pure Python: a provider plugin brings its SDK (``_sdk()`` returns the module, imported by the
+plugin); nothing here imports openai or anthropic. Retries are the SDKs' own (``max_retries``,
+``timeout`` options); nothing here retries.
 """
 
 from __future__ import annotations
@@ -19,13 +22,14 @@ import weakref
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, Iterator
 
-from pydantic import SecretStr
+from pydantic import Field
 
 from rung.errors import RungError
 from rung.interfaces import BaseBackend
+from rung.keys import resolve_key
+from rung.options import Options, SecretStr
 from rung.records import Completion, Delta, GenerationRequest
 
 
@@ -50,28 +54,18 @@ class UnsupportedError(APIError, NotImplementedError):
         super().__init__(message, "unsupported")
 
 
-@dataclass(frozen=True)
-class ResolvedKey:
-    value: SecretStr | None
-    source: str  # "the api_key option", "$OPENAI_API_KEY", "the key store ('openai')", "none"
+class HostedOptions(Options):
+    """The options every hosted backend reads; a provider subclasses it, giving its defaults
+    (model, api_key_env, key_name) and adding its own fields."""
 
-    def __repr__(self) -> str:
-        return f"ResolvedKey(source={self.source!r})"
-
-
-def resolve_key(configured: SecretStr | None, env_var: str | None, store_name: str | None) -> ResolvedKey:
-    """The first key found: the config option, the environment variable, the key store."""
-    if configured is not None and configured.get_secret_value():
-        return ResolvedKey(configured, "the api_key option")
-    if env_var and os.environ.get(env_var, "").strip():
-        return ResolvedKey(SecretStr(os.environ[env_var].strip()), f"${env_var}")
-    if store_name:
-        from rung_prompt.keys import get_key
-
-        stored = get_key(store_name)
-        if stored is not None:
-            return ResolvedKey(stored, f"the key store ('{store_name}')")
-    return ResolvedKey(None, "none")
+    model: str = Field(description="model name")
+    api_key: SecretStr | None = Field(None, description="API key; else the environment variable api_key_env, else the key store entry key_name")
+    api_key_env: str | None = Field(None, description="environment variable read when api_key is not set")
+    key_name: str | None = Field(None, description="key store entry read when neither api_key nor the environment has a key")
+    base_url: str | None = Field(None, description="server URL; default the API's")
+    timeout: float = Field(60.0, gt=0, description="seconds to wait for a response (and between streamed events) before a retry")
+    max_retries: int = Field(2, ge=0, description="retries on 408/409/429/5xx, timeouts and connection errors, with backoff (the SDK's own)")
+    max_concurrency: int = Field(8, ge=1, description="requests in flight in generate_batch")
 
 
 def one_line(text: Any, limit: int = 240) -> str:
@@ -90,10 +84,12 @@ _MODEL = re.compile(r"\bmodel\b", re.I)
 
 
 class HostedBackend(BaseBackend):
-    """Base of the hosted-API backends: clients, keys, errors, batches.
+    """Base of the hosted-API backends: clients, keys, errors, batches, the stream loop.
 
     Subclasses set `provider`, `default_base_url`, `base_url_env`, `base_url_hint` and
-    implement `_sdk()` (the SDK module), `_sdk_client(async_)` and the generation methods.
+    implement `_sdk()` (the SDK module), `_sdk_client(async_)`, `sdk_params(request,
+    stream)`, `stream_state(model)`, `open_stream(client, params)` and `generate`/`agenerate`;
+    every request goes through `params`, which refuses what no hosted API can do.
     """
 
     provider = "hosted"
@@ -164,7 +160,22 @@ class HostedBackend(BaseBackend):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- batches
+    # -- requests
+    def params(self, request: GenerationRequest, stream: bool = False) -> dict[str, Any]:
+        """The SDK call's keyword arguments for `request` (`sdk_params`), once it is checked."""
+        if request.raw:
+            # A chat API answers messages; sending the text as a user turn would be the very
+            # chat reply `raw` asks not to get. Say so instead of pretending.
+            raise UnsupportedError(
+                f"{self.provider}: raw continuation (--raw) needs a local backend; "
+                f"a hosted chat API only answers messages"
+            )
+        return self.sdk_params(request, stream)
+
+    def sdk_params(self, request: GenerationRequest, stream: bool = False) -> dict[str, Any]:
+        """The keyword arguments of the SDK's create call for `request`."""
+        raise NotImplementedError
+
     # -- streaming. A subclass says how its SDK opens a stream and gives a state object that
     # reads its events: feed(event) -> Delta | None, a reading() context, last() -> final Delta.
 
@@ -206,6 +217,7 @@ class HostedBackend(BaseBackend):
             await events.close()
         yield state.last()
 
+    # -- batches
     def generate_batch(
         self, requests: Sequence[GenerationRequest], max_concurrency: int | None = None
     ) -> list[Completion]:

@@ -1,0 +1,39 @@
+"""The command-line options `prompt` and `chat` share, and the sampling settings they give."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from rung_prompt.target import DEFAULT_BACKEND
+
+
+def backend_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The options `prompt` and `chat` share."""
+    decorators = [
+        click.option("-b", "--backend", help=f"backend name (default: {DEFAULT_BACKEND}, or the config's)"),
+        click.option("-m", "--model", help="model name, e.g. gpt-4o-mini"),
+        click.option("-c", "--config", type=click.Path(dir_okay=False), help="take the backend section of this run config"),
+        click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE", help="backend option, e.g. -o base_url=http://localhost:8000/v1 (repeatable)"),
+        click.option("-s", "--system", help="system prompt"),
+        click.option("-t", "--temperature", type=float, help="sampling temperature"),
+        click.option("--top-p", type=float, help="nucleus sampling probability"),
+        click.option("--max-tokens", type=int, help="most tokens to generate"),
+        click.option("--stop", multiple=True, help="stop sequence (repeatable)"),
+        click.option("--seed", type=int, help="sampling seed, where the backend has one"),
+        click.option("--no-log", is_flag=True, help="do not record this in the prompt log"),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+def sampling(temperature: float | None, top_p: float | None, max_tokens: int | None, stop: tuple[str, ...], seed: int | None) -> dict[str, Any]:
+    """The `GenerationRequest` fields the options set (unset ones stay the backend's default)."""
+    values = {"temperature": temperature, "top_p": top_p, "max_tokens": max_tokens, "seed": seed}
+    out = {k: v for k, v in values.items() if v is not None}
+    if stop:
+        out["stop"] = tuple(stop)
+    return out
