@@ -97,12 +97,17 @@ class EchoOptions(rung.Options):
 
 
 class EchoBackend(rung.BaseBackend):
+    """Answers with its prefix and the last turn; keeps what it was given, for tests to read."""
+
     framework = "toy"
 
     def __init__(self, options, tokenizer=None):
         self.options = options
+        self.tokenizer = tokenizer
+        self.requests = []
 
     def generate(self, request):
+        self.requests.append(request)
         text = self.options.prefix + request.chat()[-1].content
         return Completion(text, "stop", Usage(1, len(text.split())), "echo")
 

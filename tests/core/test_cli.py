@@ -65,7 +65,11 @@ def test_config_validate_good_and_bad(rung_cli, tmp_path):
 
 def test_config_schema_is_json_with_plugin_options(rung_cli):
     schema = json.loads(rung_cli("config", "schema").stdout)
-    assert "prefix" in json.dumps(schema)
+    backends = schema["properties"]["backend"]["discriminator"]["mapping"]
+    echo = schema["$defs"][backends["echo"].rsplit("/", 1)[-1]]
+    assert echo["properties"]["prefix"]["default"] == "echo: " and echo["additionalProperties"] is False
+    trainers = schema["properties"]["trainer"]
+    assert "count" in json.dumps(trainers)
 
 
 def test_run_trains_with_a_third_party_backend_and_trainer(rung_cli, tmp_path):

@@ -1,6 +1,10 @@
+"""The plain values plugins share: requests, messages, completions."""
+
+from dataclasses import FrozenInstanceError
+
 import pytest
 
-from rung.records import Completion, Delta, GenerationRequest, Message, Usage
+from rung.records import GenerationRequest, Message, Usage
 
 
 def test_request_needs_messages_or_prompt():
@@ -18,13 +22,16 @@ def test_chat_keeps_an_existing_system_turn():
     assert GenerationRequest(messages=turns, system="other").chat() == turns
 
 
-def test_lists_become_tuples_so_requests_are_hashable():
+def test_lists_become_tuples_so_requests_are_hashable_and_immutable():
     request = GenerationRequest(messages=[Message("user", "u")], stop=["\n"])
     assert isinstance(request.messages, tuple) and request.stop == ("\n",)
-    hash(request)
+    same = GenerationRequest(messages=(Message("user", "u"),), stop=("\n",))
+    assert request == same and len({request, same, GenerationRequest(prompt="u")}) == 2
+    with pytest.raises(FrozenInstanceError):
+        request.max_tokens = 3
 
 
-def test_usage_total():
+def test_usage_total_counts_both_sides():
     assert Usage(3, 4).total_tokens == 7
-    assert Completion("x", "stop").usage.total_tokens == 0
-    assert Delta("a").finish_reason is None
+    assert Usage(completion_tokens=2).total_tokens == 2
+
