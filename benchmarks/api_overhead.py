@@ -25,8 +25,11 @@ import sys
 import time
 from pathlib import Path
 
+from smoke import parse_args
+
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "sk-bench-key"
+SMOKE = {"n": 2, "warmup": 1}
 PROMPT = "Name three long rivers of the world and say where each one flows into the sea"
 
 
@@ -153,7 +156,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=300, help="requests of each kind and path")
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--provider", choices=["openai", "anthropic", "both"], default="both")
-    args = parser.parse_args()
+    args = parse_args(parser, SMOKE)
 
     server, port = start_server()
     try:

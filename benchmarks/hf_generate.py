@@ -19,9 +19,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from smoke import parse_args
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+SMOKE = {"batch": 2, "new_tokens": 4, "repeats": 1, "hidden": 64, "layers": 1, "vocab": 300}
 SHAKESPEARE = Path("/work/shared/data/tinyshakespeare.txt")
 
 
@@ -65,7 +68,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (1: steadier timings on a shared machine)")
-    args = parser.parse_args()
+    args = parse_args(parser, SMOKE)
 
     import torch
 

@@ -22,6 +22,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+from smoke import parse_args
+
+SMOKE = {"preset": "test", "vocab": 256, "batch": 2, "seq": 16, "steps": 4, "log_every": 2}
 
 
 class RandomBatches:
@@ -125,7 +128,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--log-every", type=int, default=4)
     parser.add_argument("--all-precisions", action="store_true", help="also jax bf16 and torch fp32")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, SMOKE, argv)
 
     from rung.model_config import preset
 

@@ -26,6 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from smoke import parse_args
+
+SMOKE = {"preset": "tiny", "steps": 4, "window": 2, "batch_size": 2, "rounds": 1}
 CORPUS = Path(os.environ.get("RUNG_BENCH_TEXT", "/work/shared/data/tinyshakespeare.txt"))
 
 
@@ -143,7 +146,7 @@ def main() -> None:
     parser.add_argument("--phase", choices=["rung", "plain"], help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parse_args(parser, SMOKE)
     if args.phase:
         fn = phase_rung if args.phase == "rung" else phase_plain
         print("RESULT " + json.dumps(fn(args, Path(args.data), Path(args.out))), flush=True)
@@ -157,7 +160,7 @@ def main() -> None:
                        "--out", f"{tmp}/{phase}{round_}", "--preset", args.preset, "--steps", str(args.steps),
                        "--window", str(args.window), "--batch-size", str(args.batch_size), "--device", args.device]
                 done = subprocess.run(cmd, capture_output=True, text=True)
-                line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
+                line = next((out for out in done.stdout.splitlines() if out.startswith("RESULT ")), None)
                 if line is None:
                     sys.exit(f"{phase} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
                 results[phase].append(json.loads(line[7:]))

@@ -33,14 +33,20 @@ import tempfile
 import time
 from pathlib import Path
 
+from smoke import parse_args
+
 ROOT = Path(__file__).resolve().parents[1]
+STDLIB = sysconfig.get_paths()["stdlib"]
+# A small package of the stdlib (a few files) and a small vocabulary: seconds, same stages.
+SMOKE = {"vocab": 512, "workers": 1, "stdlib": os.path.join(STDLIB, "json")}
 
 
-def stdlib_files() -> list[Path]:
-    root = Path(sysconfig.get_paths()["stdlib"])
+def stdlib_files(root: str) -> list[Path]:
+    root = Path(root)
     out = []
     for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if d not in ("site-packages", "dist-packages", "__pycache__") and not d.startswith("."))
+        skip = ("site-packages", "dist-packages", "__pycache__")
+        dirs[:] = sorted(d for d in dirs if d not in skip and not d.startswith("."))
         out += [Path(folder, f) for f in sorted(files) if f.endswith(".py")]
     return out
 
@@ -48,14 +54,14 @@ def stdlib_files() -> list[Path]:
 # ---------------------------------------------------------------------------- the runs
 
 
-def run_encode(tokenizer_file: str, fast: bool) -> None:
+def run_encode(tokenizer_file: str, fast: bool, stdlib: str) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(tokenizer_file)
     encode = tok.encode_batch_fast if fast else tok.encode_batch
     texts, tokens = [], 0
-    for path in stdlib_files():
+    for path in stdlib_files(stdlib):
         try:
             texts.append(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, ValueError):
@@ -67,7 +73,7 @@ def run_encode(tokenizer_file: str, fast: bool) -> None:
     print(json.dumps({"tokens": tokens}))
 
 
-def run_prepare(out: str, vocab: int, workers: int, tokenizer_path: str | None) -> None:
+def run_prepare(out: str, vocab: int, workers: int, tokenizer_path: str | None, stdlib: str) -> None:
     from rung_pretrain import prepare
 
     tokenizer = {"name": "bpe", "vocab_size": vocab}
@@ -77,7 +83,7 @@ def run_prepare(out: str, vocab: int, workers: int, tokenizer_path: str | None) 
         "output_dir": out,
         "backend": {"name": "torch"},
         "tokenizer": tokenizer,
-        "data": {"name": "corpus", "sources": [{"name": "stdlib"}], "workers": workers,
+        "data": {"name": "corpus", "sources": [{"name": "stdlib", "path": stdlib}], "workers": workers,
                  "clean": {"minhash": {"n_grams": 5}}, "shards": {"dir": out + "/data"}},
     }
     data = prepare(config, force=True, progress=False)
@@ -136,23 +142,24 @@ def main() -> None:
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--tokenizer", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    parser.add_argument("--stdlib", default=STDLIB, help="the corpus: this folder's .py files (default: the stdlib)")
+    args = parse_args(parser, SMOKE)
     if args.phase in ("encode", "encode_fast"):
-        return run_encode(args.tokenizer, fast=args.phase == "encode_fast")
+        return run_encode(args.tokenizer, fast=args.phase == "encode_fast", stdlib=args.stdlib)
     if args.phase == "prepare":
-        return run_prepare(args.out, args.vocab, args.workers, args.tokenizer)
+        return run_prepare(args.out, args.vocab, args.workers, args.tokenizer, args.stdlib)
 
-    corpus_mb = sum(p.stat().st_size for p in stdlib_files()) / 1e6
+    corpus_mb = sum(p.stat().st_size for p in stdlib_files(args.stdlib)) / 1e6
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print(f"stdlib corpus: {len(stdlib_files())} files, {corpus_mb:.1f} MB; {cores} cores; "
+    print(f"stdlib corpus: {len(stdlib_files(args.stdlib))} files, {corpus_mb:.1f} MB; {cores} cores; "
           f"load average {os.getloadavg()[0]:.1f}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        common = ["--vocab", str(args.vocab), "--workers", str(args.workers)]
+        common = ["--vocab", str(args.vocab), "--workers", str(args.workers), "--stdlib", args.stdlib]
         full = measure(["--phase", "prepare", "--out", f"{tmp}/full", *common])
         tokenizer = f"{tmp}/full/data/tokenizer/tokenizer.json"
         shards = measure(["--phase", "prepare", "--out", f"{tmp}/shards", "--tokenizer", tokenizer, *common])
-        encode = measure(["--phase", "encode", "--tokenizer", tokenizer])
-        encode_fast = measure(["--phase", "encode_fast", "--tokenizer", tokenizer])
+        encode = measure(["--phase", "encode", "--tokenizer", tokenizer, "--stdlib", args.stdlib])
+        encode_fast = measure(["--phase", "encode_fast", "--tokenizer", tokenizer, "--stdlib", args.stdlib])
     print(f"\n{'run':8} {'wall s':>8} {'CPU s':>8} {'MB/s':>7} {'peak MiB':>9} {'tokens':>11} {'wall / encode':>14}")
     for name, r in (("encode", encode), ("enc_fast", encode_fast), ("full", full), ("shards", shards)):
         print(f"{name:8} {r['wall']:8.1f} {r['cpu']:8.1f} {corpus_mb / r['wall']:7.2f} {r['peak'] / 2**20:9.0f} "

@@ -17,7 +17,10 @@ import sys
 import time
 from pathlib import Path
 
+from smoke import parse_args
+
 GOAL_S = 0.2
+SMOKE = {"runs": 1}
 
 
 def median_times(argv: list[str], runs: int) -> tuple[float, float]:
@@ -39,7 +42,7 @@ def median_times(argv: list[str], runs: int) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=15)
-    args = parser.parse_args()
+    args = parse_args(parser, SMOKE)
     rung = str(Path(sys.executable).with_name("rung"))
     plugins = json.loads(subprocess.run([rung, "plugins", "--json"], capture_output=True, text=True).stdout)
     print(f"plugins installed: {len(plugins['plugins'])} ({', '.join(p['name'] for p in plugins['plugins'])})")

@@ -18,6 +18,10 @@ import sys
 import tempfile
 import time
 
+from smoke import parse_args
+
+SMOKE = {"preset": "test", "vocab": 256, "new": 4, "prompt": 4, "repeats": 1}
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -56,7 +60,7 @@ def main() -> None:
                         help="torch CPU threads for both (0: torch's default). 1 by default: on a shared "
                              "2-core machine multi-threaded steps wait for descheduled workers and the timings "
                              "say more about the neighbours than the code")
-    args = parser.parse_args()
+    args = parse_args(parser, SMOKE)
 
     import torch
 

@@ -37,6 +37,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from smoke import parse_args
+
+SMOKE = {"preset": "test", "vocab": 256, "seq": 16, "batch": 2, "steps": 2, "warmup": 1, "rounds": 1}
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -158,7 +162,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-hf", action="store_true", help="skip the transformers loop")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    args = parser.parse_args()
+    args = parse_args(parser, SMOKE)
 
     import torch
 
