@@ -42,7 +42,8 @@ def test_benchmark_runs_in_smoke_mode(name, tmp_path):
     env.pop("RUNG_BENCH_SMOKE", None)  # the flag alone must be enough
     done = subprocess.run([sys.executable, str(BENCHMARKS / f"{name}.py"), "--smoke"],
                           capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert done.returncode == 0, f"{name} --smoke exited {done.returncode}:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+    tail = f"{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+    assert done.returncode == 0, f"{name} --smoke exited {done.returncode}:\n{tail}"
     assert re.search(RATIO_LINES[name], done.stdout, re.M), f"{name} printed no ratio line:\n{done.stdout[-3000:]}"
 
 
