@@ -6,14 +6,8 @@ import unicodedata
 
 from datatrove.data import Document
 
-from rung_pretrain.cleaning import (
-    ControlChars,
-    LengthFilter,
-    MinhashSignatures,
-    Normalize,
-    QualityFilter,
-    Strip,
-)
+from rung_pretrain.dedup import MinhashSignatures
+from rung_pretrain.filters import ControlChars, LengthFilter, Normalize, QualityFilter, Strip
 
 
 def run(step, texts):

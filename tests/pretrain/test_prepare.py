@@ -148,6 +148,28 @@ def test_rung_prepare_command_without_dedup(tmp_path):
     assert "up to date" in result.output
 
 
+def test_rung_prepare_draws_each_stage_with_what_its_tasks_counted(tmp_path):
+    """Progress bars are fed by the worker tasks' progress files: each stage's bar ends at the
+    documents its tasks saw (summed over both workers)."""
+    import re
+    import subprocess
+    import sys
+
+    import yaml
+
+    corpus = tmp_path / "corpus"
+    keep = make_corpus(corpus)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config(tmp_path, corpus)))
+    rung = str(Path(sys.executable).with_name("rung"))
+    proc = subprocess.run([rung, "prepare", str(path)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    bars = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w[\w +]*?)\s+━.* (\d+) docs\s*$",
+                                                             proc.stdout + proc.stderr, re.M)}
+    read = len(keep) + 2 + 3  # + the exact and near duplicates, + the undecodable, empty and bad-JSON rows
+    assert bars == {"read + clean": read, "remove duplicates": len(keep) + 2, "token shards": len(keep)}
+
+
 def test_bad_config_is_a_clear_error(tmp_path):
     from rung.errors import ConfigError, RungError
 

@@ -11,7 +11,7 @@ import pytest
 
 from rung.errors import RungError
 from rung.interfaces import BatchStream
-from rung_pretrain.pipeline import _split_summary
+from rung_pretrain.splits import split_summary
 from rung_pretrain.reader import TokenBatches, TokenShards, unigram_loss, validation_batches
 from rung_pretrain.shards import ShardWriter
 
@@ -26,7 +26,7 @@ def write_shards(folder: Path, train_docs, val_docs, max_tokens: int = 1000) -> 
             writer.add(list(doc) + [EOS])
         writer.close()
     manifest = {"format": 1, "dtype": "<u2", "tokenizer": {"vocab_size": VOCAB, "eos_id": EOS, "dir": "tokenizer"},
-                "splits": {s: _split_summary(folder / s) for s in ("train", "validation")}}
+                "splits": {s: split_summary(folder / s) for s in ("train", "validation")}}
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder
 

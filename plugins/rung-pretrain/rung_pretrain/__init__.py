@@ -11,12 +11,13 @@ Names are imported on first use so that plugin discovery stays light.
 
 from typing import Any
 
-__all__ = ["PreparedData", "prepare", "open_prepared"]
+_EXPORTS = {"prepare": "pipeline", "PreparedData": "prepared", "open_prepared": "prepared"}
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from rung_pretrain import pipeline as module
+    if name in _EXPORTS:
+        import importlib
 
-        return getattr(module, name)
+        return getattr(importlib.import_module(f"rung_pretrain.{_EXPORTS[name]}"), name)
     raise AttributeError(f"module 'rung_pretrain' has no attribute {name!r}")

@@ -21,7 +21,8 @@ def prepare(path: str, overrides: tuple[str, ...], force: bool, workers: int | N
     from rung.config import load_config
     from rung.console import get_console
 
-    from rung_pretrain.pipeline import format_report, prepare as run_prepare
+    from rung_pretrain.pipeline import prepare as run_prepare
+    from rung_pretrain.cleaning_report import format_report
 
     console = get_console()
     config = load_config(path, overrides)

@@ -2,10 +2,30 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from rung.records import Document
+
+
+def build_sources(options: Any, ignore: tuple[str | Path, ...] = (), run: Any = None) -> list[Any]:
+    """The corpus's sources, built by the core (through `run`, a `RunContext`, when there is
+    one); folders in `ignore` (the run's outputs) are never read."""
+    if run is not None:
+        sources = [run.build("data_source", source, where=f"data.sources.{index}")
+                   for index, source in enumerate(options.sources)]
+    else:
+        from rung.plugins import get_plugins
+        from rung.runner import build
+
+        plugins = get_plugins()
+        sources = [build(plugins, "data_source", source) for source in options.sources]
+    for source in sources:
+        if hasattr(source, "ignore_dirs"):
+            source.ignore_dirs = tuple(os.path.abspath(str(p)) for p in ignore)
+    return sources
 
 
 class Corpus:
@@ -19,8 +39,6 @@ class Corpus:
         self.options = options
 
     def sources(self) -> list[Any]:
-        from rung_pretrain.pipeline import build_sources
-
         return build_sources(self.options)
 
     def read(self) -> Iterator[Document]:

@@ -18,7 +18,8 @@ import numpy as np
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
-from rung_pretrain.cleaning import ProgressFile, nbytes
+from rung_pretrain.documents import nbytes
+from rung_pretrain.progress import ProgressFile
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -146,24 +147,3 @@ class TokenizeToShards(PipelineStep):
             progress.close()
         return
         yield  # a generator, like every datatrove step
-
-
-class CleanCorpusReader(PipelineStep):
-    """Reads the clean corpus (JSONL files written by the dedup stage); file i goes to task i % world_size."""
-
-    type = "📖 - READER"
-    name = "clean corpus"
-
-    def __init__(self, folder: str) -> None:
-        super().__init__()
-        self.folder = folder
-
-    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        from datatrove.data import Document
-
-        files = sorted(Path(self.folder).glob("*.jsonl"))
-        for path in files[rank::world_size]:
-            with open(path, encoding="utf-8") as handle:
-                for line in handle:
-                    record = json.loads(line)
-                    yield Document(text=record["text"], id=record["id"])

@@ -1,7 +1,8 @@
 """How rung's preparation stages run on datatrove: stage definitions and the local executor.
 
-`pipeline.prepare` strings these together; each `Stage` is a datatrove pipeline that
-LocalPipelineExecutor runs on all cores (or, for scale-out, datatrove's Slurm/Ray executors).
+`pipeline.prepare` strings these together; each `Stage` is a datatrove pipeline (of the steps
+in `reading`, `filters`, `dedup`, `clean_corpus` and `shards`) that LocalPipelineExecutor
+runs on all cores (or, for scale-out, datatrove's Slurm/Ray executors).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 from rung.errors import RungError
 
 
-def _cpu_count() -> int:
+def cpu_count() -> int:
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
@@ -38,6 +39,30 @@ class Stage:
     total_bytes: int | None = None
 
 
+def reader_and_filters(sources: Sequence[Any], units: Sequence[Any], clean: Any,
+                       progress_dir: str | None = None) -> list[Any]:
+    """The reader and the cleaning steps, built the same way for every stage that reads, so
+    the first MinHash stage (signatures) and the last (filter) see exactly the same documents."""
+    from rung_pretrain.dedup import Tag
+    from rung_pretrain.filters import ControlChars, LengthFilter, Normalize, QualityFilter, Strip
+    from rung_pretrain.reading import SourceReader
+
+    steps: list[Any] = [SourceReader(sources, units, progress_dir)]
+    if clean.normalize:
+        steps.append(Normalize(clean.normalize))
+    if clean.control_chars:
+        steps.append(ControlChars())
+    if clean.strip:
+        steps.append(Strip())
+    if clean.min_chars > 0 or clean.max_chars is not None:
+        steps.append(LengthFilter(clean.min_chars, clean.max_chars))
+    if clean.quality.enabled:
+        q = clean.quality
+        steps.append(QualityFilter(q.min_alpha_fraction, q.max_line_chars, q.max_duplicate_line_fraction, q.min_words))
+    steps.append(Tag())
+    return steps
+
+
 def cleaning_stages(options: Any, sources: list[Any], units: list[Any], work: Path, tasks: int) -> list[Stage]:
     """Stages 1-4: read and clean, dedup, write the clean corpus to `work/clean`.
 
@@ -47,14 +72,8 @@ def cleaning_stages(options: Any, sources: list[Any], units: list[Any], work: Pa
     from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster
     from datatrove.utils.hashing import HashConfig
 
-    from rung_pretrain.cleaning import (
-        DedupFilter,
-        ExactFind,
-        ExactHashes,
-        MinhashSignatures,
-        TextWriter,
-        reader_and_filters,
-    )
+    from rung_pretrain.clean_corpus import TextWriter
+    from rung_pretrain.dedup import DedupFilter, ExactFind, ExactHashes, MinhashSignatures
 
     clean = options.clean
     total = sum(u.size for u in units)
@@ -97,7 +116,8 @@ def cleaning_stages(options: Any, sources: list[Any], units: list[Any], work: Pa
 def shard_stage(options: Any, work: Path, out: Path, tokenizer_file: Path, tokenizer: Any, tokenizer_hash: str,
                 tasks: int) -> Stage:
     """Stage 5: tokenize the clean corpus into train/validation shards under `out`."""
-    from rung_pretrain.shards import CleanCorpusReader, TokenizeToShards
+    from rung_pretrain.clean_corpus import CleanCorpusReader
+    from rung_pretrain.shards import TokenizeToShards
 
     shards = options.shards
     step = TokenizeToShards(str(out), str(tokenizer_file), tokenizer.eos_id, tokenizer.vocab_size, tokenizer_hash,
@@ -141,7 +161,7 @@ def _no_tqdm(iterable: Any = None, *args: Any, **kwargs: Any) -> Any:
 
 
 @contextlib.contextmanager
-def _quiet_datatrove(log_file: Path) -> Iterator[None]:
+def quiet_datatrove(log_file: Path) -> Iterator[None]:
     """datatrove logs to files only while rung draws progress bars; restored afterwards."""
     import datatrove.executor.base as base
     import datatrove.pipeline.dedup.minhash as minhash
