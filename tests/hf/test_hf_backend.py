@@ -32,9 +32,8 @@ def test_loads_and_generates_with_usage(backend_of, family):
     assert isinstance(done.text, str) and done.finish_reason in ("stop", "length")
     expected_prompt = len(b.hf_tokenizer.encode("the cat sat on"))  # with bos where the family adds one
     assert done.usage.prompt_tokens == expected_prompt
-    assert 1 <= done.usage.completion_tokens <= 7
-    if done.finish_reason == "length":
-        assert done.usage.completion_tokens == 7
+    # "length" exactly at max_tokens; a stop token ends it at or before then
+    assert done.usage.completion_tokens == 7 if done.finish_reason == "length" else 1 <= done.usage.completion_tokens <= 7
     assert b.count_tokens("the cat sat on") == len(b.tokenizer.encode("the cat sat on"))
 
 
@@ -55,7 +54,7 @@ def test_fixed_seed_is_reproducible(backend_of):
     first = b.generate(GenerationRequest(seed=7, **ask)).text
     assert b.generate(GenerationRequest(seed=7, **ask)).text == first
     others = {b.generate(GenerationRequest(seed=s, **ask)).text for s in (1, 2)}
-    assert others != {first}  # the seed matters
+    assert first not in others  # the seed matters
     # The same seed in a batch gives the same texts on every call.
     batch = [GenerationRequest(seed=3, **{**ask, "prompt": p}) for p in PROMPTS[:3]]
     assert [c.text for c in b.generate_batch(batch)] == [c.text for c in b.generate_batch(batch)]
@@ -66,7 +65,7 @@ def test_sampling_defaults_come_from_generation_config(backend_of):
 
     def config_for(**kw):
         request = GenerationRequest(prompt="x", **kw)
-        return b._generation_config(b._sampling(request), 2)
+        return b._generation_config(b._prepare(request)[1])
 
     default = config_for()
     assert (default.do_sample, default.temperature, default.top_p, default.top_k) == (True, 0.7, 0.8, 20)
@@ -92,7 +91,7 @@ def test_stream_deltas_concatenate_to_generate(backend_of, family):
         assert deltas[-1].usage == done.usage
         assert len(deltas) > 2  # it streamed, it did not hand back one block
     # A consumer that leaves early ends the generation; the backend is free again at once.
-    stream = b.stream(greedy(prompt="the cat sat", max_tokens=200))
+    stream = b.stream(greedy(prompt="the cat sat", max_tokens=100))
     next(stream)
     stream.close()
     assert b.generate(greedy(prompt="rain", max_tokens=2)).usage.completion_tokens <= 2
@@ -120,8 +119,14 @@ def test_chat_templates_from_the_tokenizer(backend_of):
     llama = backend_of("llama").tokenizer.apply_chat_template(chat)
     assert llama.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou are terse.<|eot_id|>")
     assert llama.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
-    # GPT-2 has no template: plain "Role: text" lines.
-    assert backend_of("gpt2").tokenizer.apply_chat_template(chat) == "You are terse.\n\nUser: Hi\nAssistant:"
+    # GPT-2 has no template: no made-up format; its messages are continued as plain text.
+    gpt2 = backend_of("gpt2")
+    assert gpt2.tokenizer.chat_template is None
+    with pytest.raises(RungError, match="has no chat template"):
+        gpt2.tokenizer.apply_chat_template(chat)
+    as_text = gpt2.generate(GenerationRequest(messages=chat, temperature=0, max_tokens=6))
+    same = gpt2.generate(GenerationRequest(prompt="You are terse.\nHi", temperature=0, max_tokens=6))
+    assert (as_text.text, as_text.usage) == (same.text, same.usage)
     # A request's messages go through the template; its token count is the prompt usage.
     b = backend_of("qwen2")
     done = b.generate(GenerationRequest(messages=chat[1:], system="You are terse.", temperature=0, max_tokens=3))
@@ -142,7 +147,7 @@ def test_stop_strings_generate_and_stream(backend_of, family):
     for request in (greedy(prompt="the cat", max_tokens=16, stop=[stop, "never-seen"]),):
         done = b.generate(request)
         assert done.text == text[:cut] and done.finish_reason == "stop"
-        assert done.usage.completion_tokens < full.usage.completion_tokens or full.finish_reason == "stop"
+        assert done.usage.completion_tokens < full.usage.completion_tokens
         deltas = list(b.stream(request))
         assert "".join(d.text for d in deltas) == text[:cut]
         assert deltas[-1].finish_reason == "stop"
@@ -205,8 +210,11 @@ def test_rung_trained_tokenizer_loads_through_hf(tmp_path, model_dirs):
     text = "the cat sang of rain. ÿ 😀"
     assert tok.encode(text) == bpe.encode(text)
     assert tok.decode(tok.encode(text)) == text
+    assert tok.chat_template is None  # rung's tokenizers carry no template unless given one
+    bpe.chat_template = "rung"
+    bpe.save(tmp_path / "chat")
     chat = [Message("system", "s"), Message("user", "u")]
-    assert tok.apply_chat_template(chat) == bpe.apply_chat_template(chat)
+    assert rung.tokenizer("hf", path=str(tmp_path / "chat")).apply_chat_template(chat) == bpe.apply_chat_template(chat)
     assert tok.eos_id == bpe.eos_id and tok.pad_id == bpe.pad_id and tok.end_of_turn_id == bpe.end_of_turn_id
     # A bare tokenizer.json loads too.
     assert rung.tokenizer("hf", path=str(tmp_path / "bpe" / "tokenizer.json")).encode(text) == bpe.encode(text)
@@ -407,7 +415,7 @@ def test_interop_with_rung_torch(model_dirs, tmp_path):
 
     ids = torch.tensor([[5, 17, 42, 7, 99, 3, 64, 12]])
     # rung-torch checkpoint -> hf backend
-    bpe = rung.tokenizer("bpe", vocab_size=300, min_frequency=1)
+    bpe = rung.tokenizer("bpe", vocab_size=300, min_frequency=1, chat_template="rung")
     bpe.train(["the cat sat on the mat. " * 20, "birds sang songs of rain " * 20])
     ours = rung.backend("torch", model="test", tokenizer=bpe, device="cpu", precision="fp32")
     ours.save(tmp_path / "rung-ckpt")

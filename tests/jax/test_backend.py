@@ -30,9 +30,15 @@ def test_clear_errors(tmp_path):
     with pytest.raises(ConfigError, match="no config.json|holds no tokenizer"):
         rung.backend("jax", model=str(tmp_path), tokenizer=ByteTokenizer())
     backend = rung.backend("jax", model="test", tokenizer=ByteTokenizer(), architecture={"max_seq_len": 16})
-    with pytest.raises(RungError, match="more than the model's context of 16"):
-        backend.generate(GenerationRequest(prompt="x" * 17))
-    with pytest.raises(RungError, match="top_p"):
+    with pytest.raises(RungError, match=r"^the prompt \(17 tokens\) plus max_tokens \(1\) is 18 tokens, more than the "
+                                        r"model's context of 16; shorten the prompt or lower max_tokens$"):
+        backend.generate(GenerationRequest(prompt="x" * 17, max_tokens=1))
+    with pytest.raises(RungError, match="^the prompt is 16 tokens, which leaves no room"):
+        backend.generate(GenerationRequest(prompt="x" * 16))
+    # Left unset, max_tokens is lowered to the room left, which the whole-loop decode fills.
+    done = backend.generate(GenerationRequest(prompt="x" * 13))
+    assert done.usage.completion_tokens == 3 if done.finish_reason == "length" else done.usage.completion_tokens <= 3
+    with pytest.raises(RungError, match=r"^top_p must be in \(0, 1\], got 1.5$"):
         backend.generate(GenerationRequest(prompt="x", top_p=1.5))
 
 

@@ -66,34 +66,84 @@ def test_untrained_bpe_says_so():
         rung.tokenizer("bpe").encode("x")
 
 
+MESSAGES = [Message("system", "Be brief."), Message("user", "hi"), Message("assistant", "hello"),
+            Message("user", "bye")]
+
+
 @pytest.mark.parametrize("kind", ["byte", "bpe"])
-def test_saved_tokenizer_loads_in_transformers_with_same_ids_and_template(kind, bpe, tmp_path):
+def test_saved_tokenizer_loads_in_transformers_with_same_ids_and_no_chat_template(kind, bpe, tmp_path):
     from transformers import AutoTokenizer
 
     tok = bpe if kind == "bpe" else rung.tokenizer("byte")
+    assert tok.chat_template is None  # learnt from text (or bytes): it knows no conversations
+    with pytest.raises(RungError, match="has no chat template"):
+        tok.apply_chat_template(MESSAGES)
     tok.save(tmp_path)
     config = json.loads((tmp_path / "tokenizer_config.json").read_text())
-    assert config["chat_template"] and (tmp_path / "special_tokens_map.json").is_file()
+    assert "chat_template" not in config and (tmp_path / "special_tokens_map.json").is_file()
     hf = AutoTokenizer.from_pretrained(tmp_path)
+    assert hf.chat_template is None
     for text in SAMPLES:
         assert hf(text)["input_ids"] == tok.encode(text)
         assert hf.decode(tok.encode(text)) == text
     assert hf.eos_token_id == tok.eos_id and hf.pad_token_id == tok.pad_id
-    messages = [Message("system", "Be brief."), Message("user", "hi"), Message("assistant", "hello"),
-                Message("user", "bye")]
-    ours = tok.apply_chat_template(messages)
-    theirs = hf.apply_chat_template([{"role": m.role, "content": m.content} for m in messages],
-                                    tokenize=False, add_generation_prompt=True)
-    assert ours == theirs
-    assert ours.endswith("<|user|>\nbye<|end|>\n<|assistant|>\n")
-    assert tok.apply_chat_template(messages[:2], add_generation_prompt=False) == (
-        "<|system|>\nBe brief.<|end|>\n<|user|>\nhi<|end|>\n")
     # rung's loader (what checkpoints use) gives back the same tokenizer
     again = load_tokenizer(tmp_path)
-    assert type(again) is type(tok)
+    assert type(again) is type(tok) and again.chat_template is None
     assert again.special_tokens == tok.special_tokens and again.eos_id == tok.eos_id
     assert again.fingerprint() == tok.fingerprint()
     assert [again.encode(t) for t in SAMPLES] == [tok.encode(t) for t in SAMPLES]
+
+
+@pytest.mark.parametrize("kind", ["byte", "bpe"])
+def test_a_given_chat_template_is_saved_and_rendered_as_transformers_renders_it(kind, bpe, tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = rung.tokenizer("byte", chat_template="rung") if kind == "byte" else bpe
+    if kind == "bpe":  # what a trainer does once it taught the model a chat format
+        tok.chat_template = "rung"
+    ours = tok.apply_chat_template(MESSAGES)
+    assert ours == ("<|system|>\nBe brief.<|end|>\n<|user|>\nhi<|end|>\n<|assistant|>\nhello<|end|>\n"
+                    "<|user|>\nbye<|end|>\n<|assistant|>\n")
+    assert tok.apply_chat_template(MESSAGES[:2], add_generation_prompt=False) == (
+        "<|system|>\nBe brief.<|end|>\n<|user|>\nhi<|end|>\n")
+    tok.save(tmp_path)
+    hf = AutoTokenizer.from_pretrained(tmp_path)
+    theirs = hf.apply_chat_template([{"role": m.role, "content": m.content} for m in MESSAGES],
+                                    tokenize=False, add_generation_prompt=True)
+    assert ours == theirs
+    again = load_tokenizer(tmp_path)
+    assert again.chat_template == tok.chat_template and again.apply_chat_template(MESSAGES) == ours
+    # Loaded through the registry (`path:`), as a checkpoint's tokenizer is.
+    registered = rung.tokenizer(kind, path=str(tmp_path))
+    assert type(registered) is type(tok) and registered.apply_chat_template(MESSAGES) == ours
+    if kind == "bpe":
+        tok.chat_template = None
+
+
+def test_a_jinja_chat_template_with_special_token_variables(tmp_path):
+    from transformers import AutoTokenizer
+
+    template = ("{% for m in messages %}{{ m['role'] | upper }}: {{ m['content'] }}"
+                "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}{{ '\\n' }}{% endfor %}"
+                "{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+    tok = rung.tokenizer("byte", chat_template=template)
+    tok.save(tmp_path)
+    hf = AutoTokenizer.from_pretrained(tmp_path)
+    expected = "SYSTEM: Be brief.\nUSER: hi\nASSISTANT: hello<|endoftext|>\nUSER: bye\nASSISTANT:"
+    assert tok.apply_chat_template(MESSAGES) == expected == hf.apply_chat_template(
+        [{"role": m.role, "content": m.content} for m in MESSAGES], tokenize=False, add_generation_prompt=True)
+    with pytest.raises(rung.ConfigError, match="tokenizer.chat_template: not a valid Jinja template"):
+        rung.tokenizer("byte", chat_template="{% for %}")
+    with pytest.raises(rung.ConfigError, match="tokenizer.chat_template: unknown template 'chatml'"):
+        rung.tokenizer("byte", chat_template="chatml")
+
+
+def test_a_chat_template_jinja_file_beside_the_tokenizer_is_read(tmp_path):
+    """What transformers (and rung's sft trainer) write: chat_template.jinja next to tokenizer.json."""
+    rung.tokenizer("byte").save(tmp_path)
+    (tmp_path / "chat_template.jinja").write_text("{% for m in messages %}[{{ m['content'] }}]{% endfor %}")
+    assert load_tokenizer(tmp_path).apply_chat_template([Message("user", "a")]) == "[a]"
 
 
 def test_bpe_path_option_loads_existing_tokenizer(bpe, tmp_path):

@@ -90,8 +90,8 @@ def test_streamed_deltas_concatenate_to_the_generated_text(make_backend):
     assert "".join(d.text for d in deltas) == done.text
     assert len(deltas) > 3
     assert deltas[-1].usage == done.usage and deltas[-1].finish_reason == done.finish_reason
-    prompt = backend.tokenizer.apply_chat_template([Message("user", "Tell me something")])
-    assert done.usage.prompt_tokens == len(backend.tokenizer.encode(prompt))
+    # The byte tokenizer has no chat template: the message is continued as its plain text.
+    assert done.usage.prompt_tokens == len(backend.tokenizer.encode("Tell me something"))
 
 
 def test_streaming_never_splits_a_utf8_character(byte_tokenizer):
@@ -117,13 +117,20 @@ def test_the_end_of_sequence_token_finishes_with_stop(make_backend):
     assert events[-1].finish_reason == "stop"
 
 
-def test_a_prompt_longer_than_the_context_is_a_clear_error(make_backend):
+def test_a_request_that_does_not_fit_the_context_is_a_clear_error(make_backend):
     backend = make_backend(architecture={"max_seq_len": 32})
-    with pytest.raises(RungError, match="40 tokens long, more than the model's context of 32"):
+    with pytest.raises(RungError, match=r"^the prompt \(40 tokens\) plus max_tokens \(5\) is 45 tokens, more than "
+                                        r"the model's context of 32; shorten the prompt or lower max_tokens$"):
         backend.generate(GenerationRequest(prompt="x" * 40, max_tokens=5))
-    # A prompt that fits but leaves less room than max_tokens stops at the context: "length".
-    done = backend.generate(GenerationRequest(prompt="x" * 28, max_tokens=50))
+    exactly = backend.generate(GenerationRequest(prompt="x" * 28, max_tokens=4))  # 28 + 4 = 32: fits
+    assert exactly.usage.completion_tokens <= 4
+    with pytest.raises(RungError, match=r"plus max_tokens \(5\) is 33 tokens"):
+        backend.generate(GenerationRequest(prompt="x" * 28, max_tokens=5))
+    # Left unset, max_tokens (the backend's default, 256) is lowered to the room left: "length" there.
+    done = backend.generate(GenerationRequest(prompt="x" * 28))
     assert (done.finish_reason, done.usage.completion_tokens) == ("length", 4)
+    with pytest.raises(RungError, match="^the prompt is 32 tokens, which leaves no room for an answer"):
+        backend.generate(GenerationRequest(prompt="x" * 32))
 
 
 def test_generation_sees_weights_changed_in_place(make_backend):
@@ -142,8 +149,8 @@ def test_generation_sees_weights_changed_in_place(make_backend):
 
 
 def test_rows_of_a_batch_each_stop_at_the_context(make_backend):
-    backend = make_backend(architecture={"max_seq_len": 32})
-    requests = [GenerationRequest(prompt="x" * 28, max_tokens=50), GenerationRequest(prompt="y" * 20, max_tokens=50)]
+    backend = make_backend(architecture={"max_seq_len": 32}, max_tokens=50)
+    requests = [GenerationRequest(prompt="x" * 28), GenerationRequest(prompt="y" * 20)]
     batched = backend.generate_batch(requests)
     assert [c.usage.completion_tokens for c in batched] == [4, 12]
     assert batched == [backend.generate(r) for r in requests]
@@ -171,7 +178,8 @@ def test_wrapped_layers_such_as_adapters_are_used_when_generating(make_backend):
     with torch.no_grad():
         for _ in range(12):
             ids.append(backend.model(torch.tensor([ids]))[0, -1].argmax().item())
-    assert adapted.text == backend.tokenizer.decode(ids[-12:])
+    special = set(backend.tokenizer.special_tokens.values())  # markup, never part of the text
+    assert adapted.text == backend.tokenizer.decode([i for i in ids[-12:] if i not in special])
 
 
 def test_a_stream_leaves_grad_mode_alone_between_deltas(make_backend):

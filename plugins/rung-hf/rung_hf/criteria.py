@@ -9,33 +9,24 @@ from typing import Any
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-__all__ = ["StopStrings", "Cancel", "StoppingCriteriaList"]
+from rung.decoding import RowDecoder
+
+__all__ = ["RowsDone", "Cancel", "StoppingCriteriaList"]
 
 
-class StopStrings(StoppingCriteria):
-    """Stops each row of a batch once its generated text contains a stop string.
+class RowsDone(StoppingCriteria):
+    """Hands each step's new token of every row to that row's `RowDecoder`, and stops the rows
+    it says are done (a stop string seen in the decoded text: transformers cannot see those)."""
 
-    Decodes only the last few tokens of each row per step; `stopped_at[row]` is how many
-    tokens that row had generated when it stopped.
-    """
-
-    def __init__(self, decode: Any, stops: Sequence[str], prompt_len: int) -> None:
-        self.decode = decode
-        self.stops = tuple(stops)
-        self.prompt_len = prompt_len
-        self.lookback = max(len(s) for s in self.stops) + 8
-        self.stopped_at: dict[int, int] = {}
+    def __init__(self, decoders: Sequence[RowDecoder]) -> None:
+        self.decoders = list(decoders)
 
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-        generated = input_ids[:, self.prompt_len:]
-        n = generated.shape[1]
-        tails = generated[:, max(0, n - self.lookback):].tolist()
-        done = []
-        for row, tail in enumerate(tails):
-            if row not in self.stopped_at and any(s in self.decode(tail) for s in self.stops):
-                self.stopped_at[row] = n
-            done.append(row in self.stopped_at)
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+        last = input_ids[:, -1].tolist()
+        for decoder, token in zip(self.decoders, last):
+            if not decoder.done:
+                decoder.push(int(token))
+        return torch.tensor([d.done for d in self.decoders], dtype=torch.bool, device=input_ids.device)
 
 
 class Cancel(StoppingCriteria):

@@ -170,29 +170,7 @@ def check_model_dir(directory: str, field: str) -> None:
     raise RungError(f"{field}: '{directory}' holds no *.safetensors weights")
 
 
-# ------------------------------------------------------------------ devices and dtypes
-
-
-def resolve_device(requested: str) -> Any:
-    """`auto`: this process's GPU under torchrun, else cuda, else mps, else cpu."""
-    import torch
-
-    name = str(requested or "auto").strip().lower()
-    if name == "auto":
-        if torch.cuda.is_available():
-            name = "cuda"
-        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            name = "mps"
-        else:
-            name = "cpu"
-    if name == "cuda" and torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"backend.device: '{requested}' asked for, but torch sees no CUDA GPU")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"backend.device: '{requested}' is not a torch device (auto, cpu, cuda, cuda:1, mps)") from None
+# ------------------------------------------------------------------ dtypes (devices: rung_torch.device)
 
 
 def resolve_dtype(dtype: str, device: Any, device_map: Any) -> Any:
@@ -215,6 +193,8 @@ def load_model(options: Any) -> tuple[Any, Any, Source]:
                      local_files_only=options.local_files_only)
     if source.local:
         check_model_dir(source.path, "backend.model")
+    from rung_torch.device import resolve_device
+
     device = resolve_device(options.device)
     dtype = resolve_dtype(options.dtype, device, options.device_map)
     kwargs: dict[str, Any] = dict(

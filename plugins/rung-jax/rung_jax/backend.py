@@ -6,10 +6,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from rung.decoding import RowDecoder, request_to_prompt
+from rung.decoding import Defaults, RowDecoder, request_to_prompt
 from rung.errors import ConfigError, RungError
 from rung.interfaces import BaseBackend, Capabilities, Tokenizer
 from rung.records import Completion, Delta, GenerationRequest, Usage
+from rung.saved_tokenizer import load_saved_tokenizer
 from rung_jax.options import JaxOptions
 
 
@@ -18,7 +19,8 @@ class JaxBackend(BaseBackend):
 
     `options.model` is a preset (a new model, vocabulary from the tokenizer) or a checkpoint
     directory (safetensors + config.json: rung's, from either framework, or a Hugging Face
-    Llama), which also brings its tokenizer when it holds one.
+    Llama), which also brings its tokenizer when it holds one. Requests become prompts and
+    text through `rung.decoding`, the same rules as every local backend.
     """
 
     framework = "jax"
@@ -39,7 +41,7 @@ class JaxBackend(BaseBackend):
         source = Path(self.options.model)
         if source.is_dir():
             if tokenizer is None:
-                tokenizer = load_checkpoint_tokenizer(source)
+                tokenizer = load_saved_tokenizer(source, "jax")
             from rung_jax.weights import load_model
 
             with jax.default_device(devices[0]):
@@ -135,7 +137,8 @@ class JaxBackend(BaseBackend):
         return DTYPES[self.decode_precision]
 
     def _prepare(self, request: GenerationRequest):
-        return request_to_prompt(request, self._tokenizer(), self.options.max_tokens, self.options.temperature)
+        defaults = Defaults(max_tokens=self.options.max_tokens, temperature=self.options.temperature)
+        return request_to_prompt(request, self._tokenizer(), defaults, context=self.model.arch.max_seq_len)
 
     def _tokenizer(self) -> Tokenizer:
         if self.tokenizer is None:
@@ -148,15 +151,3 @@ class JaxBackend(BaseBackend):
 
 def _usage(decoder) -> Usage:
     return Usage(prompt_tokens=decoder.prompt_tokens, completion_tokens=decoder.generated)
-
-
-def load_checkpoint_tokenizer(directory: Path) -> Tokenizer:
-    """The tokenizer saved in a checkpoint folder (rung-tokenizers' tokenizer.json)."""
-    if (directory / "tokenizer.json").is_file():
-        try:
-            from rung_tokenizers import load_tokenizer
-        except ImportError:
-            raise ConfigError(f"backend 'jax': {directory} holds a tokenizer.json; install rung-tokenizers "
-                              "to read it, or add a 'tokenizer' section") from None
-        return load_tokenizer(directory)
-    raise ConfigError(f"backend 'jax': {directory} holds no tokenizer (tokenizer.json): add a 'tokenizer' section")

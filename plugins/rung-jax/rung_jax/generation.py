@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rung.decoding import Sampling
+from rung.decoding import Sampling, context_error
 from rung.errors import RungError
 
 MAX_STOP_IDS = 4
@@ -89,9 +89,9 @@ def _setup(model: nnx.Module, prompt: Sequence[int], sampling: Sampling, dtype: 
     n = len(prompt)
     if n == 0:
         raise RungError("the prompt encodes to no tokens: give some text to continue")
-    if n > context:
-        raise RungError(f"the prompt is {n} tokens long, more than the model's context of {context} tokens")
-    max_new = max(1, min(sampling.max_tokens, context - n + 1))
+    if n + sampling.max_tokens > context:  # the backend checked already (rung.decoding)
+        raise context_error(n, sampling.max_tokens, context)
+    max_new = sampling.max_tokens
     prompt_len = min(_bucket(n), context)
     cache_len = min(_bucket(n + max_new), context)
     graphdef, state = nnx.split(model)

@@ -27,6 +27,13 @@ class _Common(Options):
     )
     eos_token: str = Field("<|endoftext|>", description="end of a document (also used as bos)")
     pad_token: str | None = Field("<|pad|>", description="padding token; null: none")
+    chat_template: str | None = Field(
+        None, description="chat template: null (none: a model continues text), 'rung' (rung's "
+        "<|role|> format) or Jinja text; a trainer that teaches chat sets one"
+    )
+    path: str | None = Field(
+        None, description="load a saved tokenizer (a folder that save() wrote, or its tokenizer.json)"
+    )
 
     @field_validator("special_tokens")
     @classmethod
@@ -43,13 +50,11 @@ class ByteTokenizerOptions(_Common):
 
 
 class BPETokenizerOptions(_Common):
-    """Byte-level BPE: trained on a corpus (vocab_size, min_frequency) or loaded from `path`."""
+    """Byte-level BPE: trained on a corpus (vocab_size, min_frequency) or loaded from `path`
+    (any byte-level tokenizer.json)."""
 
     vocab_size: int = Field(8192, ge=300, le=1_000_000, description="size of the vocabulary after training")
     min_frequency: int = Field(2, ge=1, description="a pair must occur this often to be merged")
-    path: str | None = Field(
-        None, description="load an existing tokenizer.json (or a folder holding one) instead of training"
-    )
     max_training_bytes: int | None = Field(
         None, ge=1, description="train on at most this many bytes of the corpus (null: all of it)"
     )

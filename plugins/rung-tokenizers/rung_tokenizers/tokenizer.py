@@ -2,14 +2,8 @@
 
 Both save a standard `tokenizer.json` plus `tokenizer_config.json` and
 `special_tokens_map.json`, so `transformers.AutoTokenizer.from_pretrained(dir)` loads what
-rung saved and gives the same ids and the same chat template.
-
-Chat template (the same text in Python and, as Jinja, in tokenizer_config.json)::
-
-    <|system|>\\n{content}<|end|>\\n<|user|>\\n{content}<|end|>\\n<|assistant|>\\n{content}<|end|>\\n
-
-one block per message (`<|ROLE|>`, a newline, the content, `<|end|>`, a newline); with
-`add_generation_prompt` the prompt ends with `<|assistant|>\\n`.
+rung saved and gives the same ids and, when it has one, the same chat template (none unless
+given or learnt: see `rung_tokenizers.chat`).
 """
 
 from __future__ import annotations
@@ -23,15 +17,10 @@ from typing import Any
 from rung.errors import RungError
 from rung.records import Message
 
+from rung_tokenizers.chat import CHAT_TEMPLATE, render, resolve_template
 from rung_tokenizers.options import DEFAULT_SPECIAL_TOKENS, BPETokenizerOptions, ByteTokenizerOptions
 
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
-)
-CHAT_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|tool|>", "<|end|>")
+__all__ = ["CHAT_TEMPLATE", "BPETokenizer", "ByteTokenizer", "RungTokenizer", "load_tokenizer"]
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -50,21 +39,24 @@ def bytes_to_unicode() -> dict[int, str]:
 
 
 class RungTokenizer:
-    """A Hugging Face `tokenizers.Tokenizer` with rung's special tokens and chat template.
+    """A Hugging Face `tokenizers.Tokenizer` with rung's special tokens.
 
     Attributes follow `rung.interfaces.Tokenizer`: `vocab_size`, `special_tokens`
     (token -> id), `eos_id`, `bos_id` (both `<|endoftext|>`), `pad_id`. `end_of_turn_id` is
     the id of `<|end|>` (generation of a chat answer stops there), `None` without it.
+    `chat_template` is None unless one was given or set (see `rung_tokenizers.chat`).
     """
 
     kind = "tokenizer"
 
     def __init__(self, hf: Any = None, *, special: Sequence[str] = DEFAULT_SPECIAL_TOKENS,
-                 eos_token: str = "<|endoftext|>", pad_token: str | None = "<|pad|>") -> None:
+                 eos_token: str = "<|endoftext|>", pad_token: str | None = "<|pad|>",
+                 chat_template: str | None = None) -> None:
         self._hf = hf
         self._special_names = list(special)
         self._eos_token = eos_token
         self._pad_token = pad_token
+        self._chat_template = resolve_template(chat_template)
 
     # ------------------------------------------------------------------ properties
 
@@ -116,6 +108,15 @@ class RungTokenizer:
     def eos_token(self) -> str:
         return self._eos_token
 
+    @property
+    def chat_template(self) -> str | None:
+        """The Jinja chat template, or None: a tokenizer learnt from text has none."""
+        return self._chat_template
+
+    @chat_template.setter
+    def chat_template(self, template: str | None) -> None:
+        self._chat_template = resolve_template(template, "chat_template")
+
     # ------------------------------------------------------------------ encoding
 
     def encode(self, text: str) -> list[int]:
@@ -139,14 +140,12 @@ class RungTokenizer:
 
     def apply_chat_template(self, messages: Sequence[Message | Mapping[str, str]],
                             add_generation_prompt: bool = True) -> str:
-        """The conversation in rung's chat format (see the module docstring)."""
-        parts = []
-        for message in messages:
-            role, content = _role_content(message)
-            parts.append(f"<|{role}|>\n{content}<|end|>\n")
-        if add_generation_prompt:
-            parts.append("<|assistant|>\n")
-        return "".join(parts)
+        """The conversation through this tokenizer's chat template (an error without one)."""
+        if not self._chat_template:
+            raise RungError(f"the {self.kind} tokenizer has no chat template: give it one "
+                            "(tokenizer.chat_template: rung, or Jinja text)")
+        tokens = {"bos_token": self._eos_token, "eos_token": self._eos_token, "pad_token": self._pad_token}
+        return render(self._chat_template, messages, add_generation_prompt, tokens)
 
     # ------------------------------------------------------------------ saving
 
@@ -166,7 +165,6 @@ class RungTokenizer:
         directory.mkdir(parents=True, exist_ok=True)
         self._hf.save(str(directory / "tokenizer.json"))
         special = self.special_tokens
-        has_chat = all(token in special for token in CHAT_TOKENS)
         others = [t for t in special if t not in (self._eos_token, self._pad_token)]
         tokens_map: dict[str, Any] = {
             "bos_token": self._eos_token,
@@ -186,8 +184,8 @@ class RungTokenizer:
             "rung_tokenizer": self.kind,
             "rung_special_tokens": self._special_names,
         }
-        if has_chat:
-            config["chat_template"] = CHAT_TEMPLATE
+        if self._chat_template:
+            config["chat_template"] = self._chat_template
         (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         (directory / "special_tokens_map.json").write_text(json.dumps(tokens_map, indent=2) + "\n", encoding="utf-8")
 
@@ -205,12 +203,6 @@ class RungTokenizer:
         return f"{type(self).__name__}(vocab_size={size})"
 
 
-def _role_content(message: Message | Mapping[str, str]) -> tuple[str, str]:
-    if isinstance(message, Mapping):
-        return str(message["role"]), str(message["content"])
-    return message.role, message.content
-
-
 def _add_special(hf: Any, special: Sequence[str]) -> None:
     from tokenizers import AddedToken
 
@@ -220,16 +212,17 @@ def _add_special(hf: Any, special: Sequence[str]) -> None:
 class ByteTokenizer(RungTokenizer):
     """Ids 0-255 are the bytes of the UTF-8 text; special tokens follow from id 256.
 
-    Needs no training; any text round-trips exactly.
+    Needs no training; any text round-trips exactly. With `path:` it loads one that `save()`
+    wrote (its special tokens and chat template).
     """
 
     kind = "byte"
 
     def __init__(self, options: ByteTokenizerOptions | None = None, **_: Any) -> None:
         options = options or ByteTokenizerOptions()
-        super().__init__(build_byte_tokenizer(options.special_tokens),
-                         special=options.special_tokens, eos_token=options.eos_token,
-                         pad_token=options.pad_token)
+        hf = _load_hf(options.path) if options.path else None
+        settings = _settings(options, hf)
+        super().__init__(hf or build_byte_tokenizer(settings["special"]), **settings)
 
 
 def build_byte_tokenizer(special: Sequence[str]) -> Any:
@@ -248,7 +241,8 @@ class BPETokenizer(RungTokenizer):
     """Byte-level BPE: GPT-2 style pre-tokenisation, trained with `tokenizers`' BpeTrainer.
 
     Special tokens get the first ids (0, 1, ...), then the 256 byte symbols, then merges.
-    With `path:` it loads an existing tokenizer.json and is ready at once.
+    With `path:` it loads an existing tokenizer.json (with the special tokens and chat template
+    saved beside it, when rung saved it) and is ready at once.
     """
 
     kind = "bpe"
@@ -256,8 +250,7 @@ class BPETokenizer(RungTokenizer):
     def __init__(self, options: BPETokenizerOptions | None = None, **_: Any) -> None:
         self.options = options or BPETokenizerOptions()
         hf = _load_hf(self.options.path) if self.options.path else None
-        super().__init__(hf, special=self.options.special_tokens, eos_token=self.options.eos_token,
-                         pad_token=self.options.pad_token)
+        super().__init__(hf, **_settings(self.options, hf))
 
     def train(self, texts: Iterable[str]) -> None:
         """Learn the vocabulary from `texts`, streamed (at most `max_training_bytes`)."""
@@ -303,23 +296,26 @@ def _load_hf(path: str | Path) -> Any:
         raise RungError(f"{file}: not a valid tokenizer.json ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
 
 
-def load_tokenizer(directory: str | Path) -> RungTokenizer:
-    """Load a tokenizer that `save()` wrote (a folder with tokenizer.json), e.g. a checkpoint's.
-
-    Special tokens, eos and pad come from tokenizer_config.json when rung wrote it, else
-    rung's defaults that the file contains. Any byte-level tokenizer.json loads this way.
-    """
-    directory = Path(directory)
-    file = directory / "tokenizer.json" if directory.is_dir() else directory
-    folder = file.parent
-    hf = _load_hf(file)
-    config: dict[str, Any] = {}
+def _read_config(folder: Path) -> dict[str, Any]:
     config_file = folder / "tokenizer_config.json"
-    if config_file.is_file():
-        try:
-            config = json.loads(config_file.read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise RungError(f"{config_file}: not valid JSON ({exc})") from None
+    if not config_file.is_file():
+        return {}
+    try:
+        return json.loads(config_file.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise RungError(f"{config_file}: not valid JSON ({exc})") from None
+
+
+def saved_settings(path: str | Path, hf: Any) -> dict[str, Any]:
+    """What the folder of tokenizer.json `path` says about it: special tokens, eos, pad, chat
+    template (tokenizer_config.json, or chat_template.jinja beside it, as transformers writes).
+
+    Special tokens come from tokenizer_config.json when rung wrote it, else rung's defaults that
+    the file contains plus the eos/pad/bos tokens it names.
+    """
+    file = Path(path)
+    folder = file if file.is_dir() else file.parent
+    config = _read_config(folder)
     special = config.get("rung_special_tokens")
     if special is None:
         special = [t for t in DEFAULT_SPECIAL_TOKENS if hf.token_to_id(t) is not None]
@@ -328,13 +324,49 @@ def load_tokenizer(directory: str | Path) -> RungTokenizer:
             if token and token not in special and hf.token_to_id(token) is not None:
                 special.append(token)
     eos = _token_text(config.get("eos_token")) or "<|endoftext|>"
-    pad = _token_text(config.get("pad_token")) if "pad_token" in config else ("<|pad|>" if hf.token_to_id("<|pad|>") is not None else None)
-    cls = {"byte": ByteTokenizer, "bpe": BPETokenizer}.get(config.get("rung_tokenizer"), BPETokenizer)
-    tok = cls.__new__(cls)
-    if cls is BPETokenizer:
-        tok.options = BPETokenizerOptions(path=str(file), special_tokens=list(special), eos_token=eos, pad_token=pad)
-    RungTokenizer.__init__(tok, hf, special=special, eos_token=eos, pad_token=pad)
-    return tok
+    if "pad_token" in config:
+        pad = _token_text(config.get("pad_token"))
+    else:
+        pad = "<|pad|>" if hf.token_to_id("<|pad|>") is not None else None
+    template = config.get("chat_template")
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file():
+        template = jinja.read_text(encoding="utf-8")
+    if not isinstance(template, str):  # transformers' list of named templates: the default one
+        template = next((t.get("template") for t in template or [] if t.get("name") == "default"), None)
+    return {"special": list(special), "eos_token": eos, "pad_token": pad, "chat_template": template or None}
+
+
+_OPTION_OF = {"special": "special_tokens", "eos_token": "eos_token", "pad_token": "pad_token",
+              "chat_template": "chat_template"}
+
+
+def _settings(options: Any, hf: Any) -> dict[str, Any]:
+    """RungTokenizer's keyword arguments: the options, over what a `path:` folder saved
+    (options set explicitly win over the saved ones)."""
+    values = {key: getattr(options, name) for key, name in _OPTION_OF.items()}
+    if hf is not None and options.path:
+        saved = saved_settings(options.path, hf)
+        for key, name in _OPTION_OF.items():
+            if name not in options.model_fields_set:
+                values[key] = saved[key]
+    return values
+
+
+def load_tokenizer(directory: str | Path) -> RungTokenizer:
+    """Load a tokenizer that `save()` wrote (a folder with tokenizer.json), e.g. a checkpoint's.
+
+    Its kind (byte or bpe), special tokens, eos, pad and chat template come from the files
+    saved beside it (`saved_settings`). Any byte-level tokenizer.json loads this way.
+    """
+    directory = Path(directory)
+    file = directory / "tokenizer.json" if directory.is_dir() else directory
+    if not file.is_file():
+        raise RungError(f"tokenizer file not found: {file}")
+    kind = _read_config(file.parent).get("rung_tokenizer")
+    if kind == "byte":
+        return ByteTokenizer(ByteTokenizerOptions(path=str(file)))
+    return BPETokenizer(BPETokenizerOptions(path=str(file)))
 
 
 def _token_text(value: Any) -> str | None:

@@ -8,11 +8,12 @@ from typing import Any
 
 import torch
 
+from rung.decoding import Defaults, RowDecoder, Sampling, request_to_prompt
 from rung.errors import ConfigError, RungError
 from rung.interfaces import BaseBackend, Capabilities, Tokenizer
 from rung.records import Completion, Delta, GenerationRequest, Usage
+from rung.saved_tokenizer import load_saved_tokenizer
 from rung_torch.device import DTYPES, resolve_device, resolve_precision
-from rung.decoding import RowDecoder, Sampling, request_to_prompt
 from rung_torch.generate import generate_tokens
 from rung_torch.modeling import load_adapter_option
 from rung_torch.options import TorchOptions
@@ -23,7 +24,8 @@ class TorchBackend(BaseBackend):
 
     `options.model` is a preset (a new model, vocabulary from the tokenizer) or a checkpoint
     directory (safetensors + config.json, rung's or a Hugging Face Llama's), which also
-    brings its tokenizer when it holds one.
+    brings its tokenizer when it holds one. Requests become prompts and text through
+    `rung.decoding`, the same rules as every local backend.
     """
 
     framework = "torch"
@@ -37,7 +39,7 @@ class TorchBackend(BaseBackend):
         source = Path(self.options.model)
         if source.is_dir():
             if tokenizer is None:
-                tokenizer = load_checkpoint_tokenizer(source)
+                tokenizer = load_saved_tokenizer(source, "torch")
             from rung_torch.weights import load_model
 
             model = load_model(source, device=self.device)
@@ -139,7 +141,8 @@ class TorchBackend(BaseBackend):
             model.train(was_training)
 
     def _prepare(self, request: GenerationRequest) -> tuple[list[int], Sampling]:
-        return request_to_prompt(request, self._tokenizer(), self.options.max_tokens, self.options.temperature)
+        defaults = Defaults(max_tokens=self.options.max_tokens, temperature=self.options.temperature)
+        return request_to_prompt(request, self._tokenizer(), defaults, context=self.config.max_seq_len)
 
     def _tokenizer(self) -> Tokenizer:
         if self.tokenizer is None:
@@ -157,61 +160,3 @@ def _is_rank_zero() -> bool:
 
 def _usage(decoder: RowDecoder) -> Usage:
     return Usage(prompt_tokens=decoder.prompt_tokens, completion_tokens=decoder.generated)
-
-
-def load_checkpoint_tokenizer(directory: Path) -> Tokenizer:
-    """The tokenizer saved in a checkpoint folder: rung's (rung-tokenizers) or transformers' files."""
-    import json
-
-    config: dict = {}
-    config_file = directory / "tokenizer_config.json"
-    if config_file.is_file():
-        try:
-            config = json.loads(config_file.read_text(encoding="utf-8"))
-        except ValueError:
-            config = {}
-    written_by_rung = "rung_tokenizer" in config or not config_file.is_file()
-    if (directory / "tokenizer.json").is_file() and written_by_rung:
-        try:
-            from rung_tokenizers.tokenizer import load_tokenizer
-        except ImportError:
-            load_tokenizer = None
-        if load_tokenizer is not None:
-            return load_tokenizer(directory)
-    if any((directory / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
-        return TransformersTokenizer(directory)
-    raise ConfigError(
-        f"backend 'torch': {directory} holds no tokenizer (tokenizer.json): add a 'tokenizer' section"
-    )
-
-
-class TransformersTokenizer:
-    """A `transformers` tokenizer saved in a checkpoint, behind `rung.interfaces.Tokenizer`."""
-
-    def __init__(self, directory: str | Path) -> None:
-        from transformers import AutoTokenizer
-
-        try:
-            self.hf = AutoTokenizer.from_pretrained(str(directory))
-        except Exception as exc:
-            raise RungError(f"{directory}: the tokenizer files cannot be loaded ({exc})") from None
-        self.vocab_size = len(self.hf)
-        self.special_tokens = {t: self.hf.convert_tokens_to_ids(t) for t in self.hf.all_special_tokens}
-        self.eos_id = self.hf.eos_token_id
-        self.bos_id = self.hf.bos_token_id
-        self.pad_id = self.hf.pad_token_id
-
-    def encode(self, text: str) -> list[int]:
-        return self.hf.encode(text, add_special_tokens=False)
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.hf.decode(list(ids), skip_special_tokens=False)
-
-    def apply_chat_template(self, messages, add_generation_prompt: bool = True) -> str:
-        if not getattr(self.hf, "chat_template", None):
-            raise RungError("this checkpoint's tokenizer has no chat template: send a prompt, not messages")
-        turns = [{"role": m.role, "content": m.content} for m in messages]
-        return self.hf.apply_chat_template(turns, add_generation_prompt=add_generation_prompt, tokenize=False)
-
-    def save(self, directory: str | Path) -> None:
-        self.hf.save_pretrained(str(directory))

@@ -14,10 +14,16 @@ Purpose = Literal["train", "decode"]
 
 
 def resolve_device(requested: str | torch.device | None = "auto") -> torch.device:
-    """`auto`/None: this process's GPU under torchrun (LOCAL_RANK), else cuda, else cpu."""
+    """`auto`/None: this process's GPU under torchrun (LOCAL_RANK), else cuda, else Apple's
+    mps, else cpu. The one resolver of rung-torch's backend and engine and of rung-hf."""
     name = str(requested or "auto").strip().lower()
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+        if torch.cuda.is_available():
+            name = "cuda"
+        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            name = "mps"
+        else:
+            name = "cpu"
     if name == "cuda" and torch.cuda.is_available():
         # Under torchrun each process takes its own GPU; alone, the current one.
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "LOCAL_RANK" in os.environ:
@@ -28,7 +34,7 @@ def resolve_device(requested: str | torch.device | None = "auto") -> torch.devic
     try:
         return torch.device(name)
     except (RuntimeError, ValueError):
-        raise ConfigError(f"backend.device: '{requested}' is not a torch device (auto, cpu, cuda, cuda:1, ...)") from None
+        raise ConfigError(f"backend.device: '{requested}' is not a torch device (auto, cpu, cuda, cuda:1, mps)") from None
 
 
 def resolve_precision(precision: str | None, device: torch.device, purpose: Purpose = "train") -> str:

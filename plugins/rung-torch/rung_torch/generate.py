@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from rung.decoding import RowDecoder, Sampling  # noqa: F401  (re-exported)
+from rung.decoding import RowDecoder, Sampling, context_error  # noqa: F401  (re-exported)
 from rung.errors import RungError
 from rung_torch.model import KVCache
 
@@ -253,13 +253,11 @@ def generate_tokens(
     config = model.config
     context = config.max_seq_len
     lengths = [len(p) for p in prompts]
-    for length in lengths:
+    for length, sampling in zip(lengths, rows):
         if length == 0:
             raise RungError("the prompt encodes to no tokens: give some text to continue")
-        if length > context:
-            raise RungError(
-                f"the prompt is {length} tokens long, more than the model's context of {context} tokens"
-            )
+        if length + sampling.max_tokens > context:  # the backend checked already (rung.decoding)
+            raise context_error(length, sampling.max_tokens, context)
     B, T = len(prompts), max(lengths)
     pads = [T - n for n in lengths]
     padded = any(pads)

@@ -1,0 +1,60 @@
+"""The framework-free half of generation that every local backend (torch, jax, hf) shares.
+
+`request_to_prompt` turns a GenerationRequest into prompt ids and a `Sampling`: the
+chat-template rule (`rung.decoding.prompt`), the request's settings over the backend's
+`Defaults`, the stop ids and strings, the max_tokens and context checks
+(`rung.decoding.sampling`). `RowDecoder` (`rung.decoding.text`) turns the tokens a model
+picks into text. A backend supplies only the loop that picks tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rung.decoding.prompt import encode_text, end_of_turn, has_chat_template, plain_text, prompt_text
+from rung.decoding.sampling import (
+    Defaults,
+    Sampling,
+    check_max_tokens,
+    context_error,
+    fit_max_tokens,
+    sampling_for,
+)
+from rung.decoding.text import RowDecoder
+from rung.records import GenerationRequest
+
+__all__ = [
+    "Defaults", "RowDecoder", "Sampling", "check_max_tokens", "context_error", "encode_text", "end_of_turn",
+    "fit_max_tokens", "has_chat_template", "plain_text", "prompt_text", "request_to_prompt", "sampling_for",
+]
+
+
+def request_to_prompt(
+    request: GenerationRequest,
+    tokenizer: Any,
+    defaults: Defaults,
+    context: int | None = None,
+    stop_ids: frozenset[int] | set[int] = frozenset(),
+) -> tuple[list[int], Sampling]:
+    """Prompt ids and decoding settings of `request`.
+
+    `defaults`: the backend's settings for what the request leaves unset; `context`: the
+    model's context length (None: unchecked); `stop_ids`: ids that end every generation of
+    this model besides the tokenizer's eos (e.g. generation_config.json's eos_token_id list).
+    Generation stops at eos, at the tokenizer's end-of-turn token, and, when the chat template
+    was applied, at the template's end-of-turn marker.
+    """
+    text, chat = prompt_text(request, tokenizer)
+    ids = encode_text(tokenizer, text, chat)
+    stops = set(stop_ids)
+    if tokenizer.eos_id is not None:
+        stops.add(int(tokenizer.eos_id))
+    turn_end = getattr(tokenizer, "end_of_turn_id", None)
+    if turn_end is not None:
+        stops.add(int(turn_end))
+    strings: tuple[str, ...] = ()
+    if chat:
+        marker_ids, strings = end_of_turn(tokenizer)
+        stops |= marker_ids
+    sampling = sampling_for(request, defaults, len(ids), context, stop=strings, stop_ids=frozenset(stops))
+    return ids, sampling

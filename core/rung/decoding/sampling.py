@@ -1,0 +1,112 @@
+"""How one request samples: its own settings over the backend's defaults, checked once.
+
+Every local backend builds its `Sampling` here, so a bad setting is the same one-line error
+everywhere, and so is a request that does not fit the model's context:
+
+- `max_tokens` below 1 is an error, whoever set it.
+- The prompt plus the new tokens must fit in the context: `prompt_tokens + max_tokens <=
+  context`. A request that asks for more `max_tokens` than fit is an error; when the request
+  leaves `max_tokens` unset, the backend's default is lowered to what fits (a default must
+  not make a short model refuse every prompt), and only a prompt that leaves no room at all
+  is an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rung.errors import RungError
+from rung.records import GenerationRequest
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How one row is decoded; equal Samplings may share a batch."""
+
+    max_tokens: int
+    temperature: float = 0.0
+    top_k: int | None = None  # None: no top-k
+    top_p: float | None = None  # None: no nucleus cut
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_ids: frozenset[int] = field(default_factory=frozenset)
+
+    @property
+    def greedy(self) -> bool:
+        return not self.temperature or self.temperature <= 0 or self.top_k == 1
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """What a backend uses where a request leaves a setting unset (its options, or the model's
+    generation_config.json for a transformers model)."""
+
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float | None = None
+    top_k: int | None = None
+
+
+def context_error(prompt_tokens: int, max_tokens: int | None, context: int) -> RungError:
+    """The one message for a request that does not fit (max_tokens None: the backend's default)."""
+    if max_tokens is None:
+        return RungError(
+            f"the prompt is {prompt_tokens} tokens, which leaves no room for an answer in the model's "
+            f"context of {context} tokens; shorten the prompt"
+        )
+    return RungError(
+        f"the prompt ({prompt_tokens} tokens) plus max_tokens ({max_tokens}) is {prompt_tokens + max_tokens} "
+        f"tokens, more than the model's context of {context}; shorten the prompt or lower max_tokens"
+    )
+
+
+def check_max_tokens(max_tokens: int) -> None:
+    if max_tokens < 1:
+        raise RungError(f"max_tokens must be at least 1, got {max_tokens}")
+
+
+def fit_max_tokens(requested: int | None, default: int, prompt_tokens: int, context: int | None) -> int:
+    """The new tokens a row may generate: the request's own `max_tokens` (which must fit), or the
+    backend's `default` lowered to the room the context leaves."""
+    if requested is not None:
+        check_max_tokens(requested)
+        if context is not None and prompt_tokens + requested > context:
+            raise context_error(prompt_tokens, requested, context)
+        return requested
+    check_max_tokens(default)
+    if context is None:
+        return default
+    if prompt_tokens >= context:
+        raise context_error(prompt_tokens, None, context)
+    return min(default, context - prompt_tokens)
+
+
+def sampling_for(
+    request: GenerationRequest,
+    defaults: Defaults,
+    prompt_tokens: int,
+    context: int | None,
+    stop: tuple[str, ...] = (),
+    stop_ids: frozenset[int] = frozenset(),
+) -> Sampling:
+    """The request's Sampling: its settings over `defaults`, each checked; `stop`/`stop_ids`
+    are added to the request's own stop strings (end-of-turn markers, eos)."""
+    temperature = request.temperature if request.temperature is not None else defaults.temperature
+    top_k = request.top_k if request.top_k is not None else defaults.top_k
+    top_p = request.top_p if request.top_p is not None else defaults.top_p
+    if temperature is not None and temperature < 0:
+        raise RungError(f"temperature must be 0 (greedy) or more, got {temperature}")
+    if top_k is not None and top_k < 0:
+        raise RungError(f"top_k must be at least 1 (or 0: no top-k), got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise RungError(f"top_p must be in (0, 1], got {top_p}")
+    max_tokens = fit_max_tokens(request.max_tokens, defaults.max_tokens, prompt_tokens, context)
+    return Sampling(
+        max_tokens=max_tokens,
+        temperature=float(temperature or 0.0),
+        top_k=top_k or None,  # 0: no top-k
+        top_p=None if top_p is None or top_p >= 1 else float(top_p),
+        seed=request.seed,
+        stop=tuple(dict.fromkeys(s for s in (*request.stop, *stop) if s)),
+        stop_ids=frozenset(stop_ids),
+    )
