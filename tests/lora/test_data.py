@@ -53,7 +53,7 @@ def hf_tok(tmp_path_factory, byte_tok):
     """A real transformers tokenizer (with its own Jinja chat template), loaded from disk."""
     from transformers import AutoTokenizer
 
-    from rung_lora.tokenizer_view import as_rung_tokenizer
+    from rung.transformers_tokenizer import as_rung_tokenizer
 
     folder = tmp_path_factory.mktemp("hf_tok")
     byte_tok.save(folder)

@@ -22,7 +22,7 @@ from rung_lora.data import (
 )
 from rung_lora.options import LoraOptions, SFTOptions
 from rung_lora.templates import ChatRenderer, make_renderer
-from rung_lora.tokenizer_view import as_rung_tokenizer
+from rung.transformers_tokenizer import as_rung_tokenizer
 
 
 def _section(run: Run, kind: str, data: dict[str, Any], where: str) -> Any:
