@@ -88,9 +88,18 @@ def run_prepare(out: str, vocab: int, workers: int, tokenizer_path: str | None, 
     }
     data = prepare(config, force=True, progress=False)
     m = data.manifest
-    print(json.dumps({"tokens": m["splits"]["train"]["tokens"] + m["splits"]["validation"]["tokens"],
-                      "documents": m["documents"], "clean_mb": m["bytes"] / 1e6,
-                      "removed": {e["step"]: {k: v["docs"] for k, v in e["removed"].items()} for e in m["report"] if e["removed"]}}))
+    print(
+        json.dumps(
+            {
+                "tokens": m["splits"]["train"]["tokens"] + m["splits"]["validation"]["tokens"],
+                "documents": m["documents"],
+                "clean_mb": m["bytes"] / 1e6,
+                "removed": {
+                    e["step"]: {k: v["docs"] for k, v in e["removed"].items()} for e in m["report"] if e["removed"]
+                },
+            }
+        )
+    )
 
 
 # ---------------------------------------------------------------------------- measuring
@@ -164,7 +173,8 @@ def main() -> None:
     for name, r in (("encode", encode), ("enc_fast", encode_fast), ("full", full), ("shards", shards)):
         print(f"{name:8} {r['wall']:8.1f} {r['cpu']:8.1f} {corpus_mb / r['wall']:7.2f} {r['peak'] / 2**20:9.0f} "
               f"{r['tokens']:11,} {r['wall'] / encode['wall']:14.2f}")
-    print(f"\nfull: {full['documents']:,} documents / {full['clean_mb']:.1f} MB after cleaning; removed: {full['removed']}")
+    print(f"\nfull: {full['documents']:,} documents / {full['clean_mb']:.1f} MB after cleaning; removed: "
+          f"{full['removed']}")
     print(f"peak memory of all processes while preparing: {full['peak'] / 2**20:.0f} MiB (aim < 1024)")
 
 

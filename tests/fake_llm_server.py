@@ -248,7 +248,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         if self.path.rstrip("/") == "/v1/models":
-            self._send_json(200, {"object": "list", "data": [{"id": m, "object": "model"} for m in sorted(KNOWN_MODELS)]})
+            self._send_json(
+                200, {"object": "list", "data": [{"id": m, "object": "model"} for m in sorted(KNOWN_MODELS)]}
+            )
         else:
             self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
 
@@ -264,7 +266,12 @@ class _Handler(BaseHTTPRequestHandler):
             too_many = len(state.requests) >= state.max_requests
             fault = state.faults.popleft() if state.faults else None
             fixed = state.replies.popleft() if state.replies and fault is None else None
-            rec = Recorded(self.path, body, {k.lower(): v for k, v in self.headers.items() if k.lower() not in ("authorization", "x-api-key")}, fault=fault)
+            rec = Recorded(
+                self.path,
+                body,
+                {k.lower(): v for k, v in self.headers.items() if k.lower() not in ("authorization", "x-api-key")},
+                fault=fault,
+            )
             if self.record or too_many:
                 state.requests.append(rec)
         if too_many:
@@ -303,7 +310,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _common_fault(self, fault: str | None, rec: Recorded, error: Any) -> bool:
         if fault == "429":
             rec.status = 429
-            self._send_json(429, error("rate_limit_exceeded", "Rate limit reached, slow down"), {"retry-after-ms": "10", "retry-after": "0"})
+            self._send_json(
+                429,
+                error("rate_limit_exceeded", "Rate limit reached, slow down"),
+                {"retry-after-ms": "10", "retry-after": "0"},
+            )
             return True
         if fault == "500":
             rec.status = 500
@@ -349,20 +360,25 @@ class _Handler(BaseHTTPRequestHandler):
         key = auth[7:] if auth.startswith("Bearer ") else auth
         if key != self.state.api_key:
             rec.status = 401
-            self._send_json(401, error("invalid_api_key", f"Incorrect API key provided: {key}. You can find your API key at https://example.invalid."))
+            self._send_json(401, error("invalid_api_key", f"Incorrect API key provided: {key}. You can find your API "
+                                                          "key at https://example.invalid."))
             return
         if self._common_fault(fault, rec, lambda c, m: error(c, m, "server_error")):
             return
         model = body.get("model")
         if model not in KNOWN_MODELS:
             rec.status = 404
-            self._send_json(404, error("model_not_found", f"The model `{model}` does not exist or you do not have access to it."))
+            self._send_json(404, error("model_not_found", f"The model `{model}` does not exist or you do not have "
+                                                          "access to it."))
             return
         messages = body.get("messages", [])
         prompt_tokens = sum(len(_words(_text_of(m.get("content")))) for m in messages)
         if prompt_tokens > self.state.context_words:
             rec.status = 400
-            self._send_json(400, error("context_length_exceeded", f"This model's maximum context length is {self.state.context_words} tokens. However, your messages resulted in {prompt_tokens} tokens. Please reduce the length of the messages."))
+            self._send_json(400, error("context_length_exceeded", "This model's maximum context length is "
+                                                                  f"{self.state.context_words} tokens. However, your "
+                                                                  f"messages resulted in {prompt_tokens} tokens. "
+                                                                  "Please reduce the length of the messages."))
             return
         last_user = next((_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
         stop = body.get("stop") or []
@@ -372,13 +388,29 @@ class _Handler(BaseHTTPRequestHandler):
         if response_format.get("type") == "json_schema" and fixed is None:
             fixed = json.dumps(_instance(response_format["json_schema"]["schema"], last_user))
         tokens, finish = self._generate(last_user, fixed, max_tokens, stop)
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(tokens), "total_tokens": prompt_tokens + len(tokens)}
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": len(tokens),
+            "total_tokens": prompt_tokens + len(tokens),
+        }
         base = {"id": "chatcmpl-fake", "created": int(time.time()), "model": model, "system_fingerprint": "fp_fake"}
         refusal = fault == "refusal"
         rec.status = 200
         if not body.get("stream"):
-            message = {"role": "assistant", "content": None if refusal else "".join(tokens), "refusal": "I can't help with that." if refusal else None}
-            self._send_json(200, {**base, "object": "chat.completion", "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}], "usage": usage})
+            message = {
+                "role": "assistant",
+                "content": None if refusal else "".join(tokens),
+                "refusal": "I can't help with that." if refusal else None,
+            }
+            self._send_json(
+                200,
+                {
+                    **base,
+                    "object": "chat.completion",
+                    "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+                    "usage": usage,
+                },
+            )
             return
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
@@ -388,7 +420,11 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(self.state.chunk_delay_s)
 
         def chunk(delta: dict, finish_reason: str | None = None) -> dict:
-            out = {**base, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+            out = {
+                **base,
+                "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+            }
             if include_usage:
                 out["usage"] = None
             return out
@@ -421,7 +457,9 @@ class _Handler(BaseHTTPRequestHandler):
         key = self.headers.get("x-api-key") or (auth[7:] if auth.startswith("Bearer ") else auth)
         if key != self.state.api_key:
             rec.status = 401
-            self._send_json(401, {"type": "error", "error": {"type": "authentication_error", "message": f"invalid x-api-key {key}"}})
+            self._send_json(
+                401, {"type": "error", "error": {"type": "authentication_error", "message": f"invalid x-api-key {key}"}}
+            )
             return False
         return True
 
@@ -431,7 +469,9 @@ class _Handler(BaseHTTPRequestHandler):
 
         if not self._anthropic_auth_ok(rec):
             return
-        if self._common_fault(fault, rec, lambda c, m: error("rate_limit_error" if c.startswith("rate") else "api_error", m)):
+        if self._common_fault(
+            fault, rec, lambda c, m: error("rate_limit_error" if c.startswith("rate") else "api_error", m)
+        ):
             return
         model = body.get("model")
         if model not in KNOWN_MODELS:
@@ -444,10 +484,13 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_json(400, error("invalid_request_error", f"{field_name}: Extra inputs are not permitted"))
                 return
         messages = body.get("messages", [])
-        prompt_tokens = sum(len(_words(_text_of(m.get("content")))) for m in messages) + len(_words(_text_of(body.get("system", ""))))
+        prompt_tokens = sum(len(_words(_text_of(m.get("content")))) for m in messages) + len(
+            _words(_text_of(body.get("system", "")))
+        )
         if prompt_tokens > self.state.context_words:
             rec.status = 400
-            self._send_json(400, error("invalid_request_error", f"prompt is too long: {prompt_tokens} tokens > {self.state.context_words} maximum"))
+            self._send_json(400, error("invalid_request_error", f"prompt is too long: {prompt_tokens} tokens > "
+                                                                f"{self.state.context_words} maximum"))
             return
         last_user = next((_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
         fmt = (body.get("output_config") or {}).get("format") or {}
@@ -459,11 +502,30 @@ class _Handler(BaseHTTPRequestHandler):
         stop_reason = {"stop": "stop_sequence" if stop_hit else "end_turn", "length": "max_tokens"}[finish]
         if fault == "refusal":
             stop_reason, tokens = "refusal", tokens[:1]
-        usage = {"input_tokens": prompt_tokens, "output_tokens": len(tokens), "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
-        message = {"id": "msg_fake", "type": "message", "role": "assistant", "model": model, "content": [], "stop_reason": None, "stop_sequence": None, "usage": usage}
+        usage = {
+            "input_tokens": prompt_tokens,
+            "output_tokens": len(tokens),
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+        }
+        message = {
+            "id": "msg_fake",
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": usage,
+        }
         rec.status = 200
         if not body.get("stream"):
-            done = {**message, "content": [{"type": "text", "text": "".join(tokens)}], "stop_reason": stop_reason, "stop_sequence": stop_hit if stop_reason == "stop_sequence" else None}
+            done = {
+                **message,
+                "content": [{"type": "text", "text": "".join(tokens)}],
+                "stop_reason": stop_reason,
+                "stop_sequence": stop_hit if stop_reason == "stop_sequence" else None,
+            }
             self._send_json(200, done)
             return
 
@@ -473,14 +535,22 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(self.state.chunk_delay_s)
 
         self._start_sse()
-        event("message_start", {"type": "message_start", "message": {**message, "usage": {**usage, "output_tokens": 1}}})
-        event("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
+        event(
+            "message_start", {"type": "message_start", "message": {**message, "usage": {**usage, "output_tokens": 1}}}
+        )
+        event(
+            "content_block_start",
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        )
         event("ping", {"type": "ping"})
         cut_at = len(tokens) // 2 if fault in ("cut", "cut_clean", "error_event") else None
         for i, tok in enumerate(tokens):
             if cut_at is not None and i == max(cut_at, 1):
                 break
-            event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": tok}})
+            event(
+                "content_block_delta",
+                {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": tok}},
+            )
         if cut_at is not None:
             if fault == "cut":
                 self._drop()
@@ -490,7 +560,17 @@ class _Handler(BaseHTTPRequestHandler):
             self._end_chunks()
             return
         event("content_block_stop", {"type": "content_block_stop", "index": 0})
-        event("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": stop_hit if stop_reason == "stop_sequence" else None}, "usage": {"output_tokens": len(tokens)}})
+        event(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {
+                    "stop_reason": stop_reason,
+                    "stop_sequence": stop_hit if stop_reason == "stop_sequence" else None,
+                },
+                "usage": {"output_tokens": len(tokens)},
+            },
+        )
         event("message_stop", {"type": "message_stop"})
         self._end_chunks()
 

@@ -59,12 +59,16 @@ class HostedOptions(Options):
     (model, api_key_env, key_name) and adding its own fields."""
 
     model: str = Field(description="model name")
-    api_key: SecretStr | None = Field(None, description="API key; else the environment variable api_key_env, else the key store entry key_name")
+    api_key: SecretStr | None = Field(None, description="API key; else the environment variable api_key_env, else the "
+                                                        "key store entry key_name")
     api_key_env: str | None = Field(None, description="environment variable read when api_key is not set")
-    key_name: str | None = Field(None, description="key store entry read when neither api_key nor the environment has a key")
+    key_name: str | None = Field(None, description="key store entry read when neither api_key nor the environment has "
+                                                   "a key")
     base_url: str | None = Field(None, description="server URL; default the API's")
-    timeout: float = Field(60.0, gt=0, description="seconds to wait for a response (and between streamed events) before a retry")
-    max_retries: int = Field(2, ge=0, description="retries on 408/409/429/5xx, timeouts and connection errors, with backoff (the SDK's own)")
+    timeout: float = Field(60.0, gt=0, description="seconds to wait for a response (and between streamed events) "
+                                                   "before a retry")
+    max_retries: int = Field(2, ge=0, description="retries on 408/409/429/5xx, timeouts and connection errors, with "
+                                                  "backoff (the SDK's own)")
     max_concurrency: int = Field(8, ge=1, description="requests in flight in generate_batch")
 
 
@@ -78,7 +82,8 @@ def first(*values: Any) -> Any:
     return next((v for v in values if v is not None), None)
 
 
-_CONTEXT = re.compile(r"context length|context window|context_length|prompt is too long|too many tokens|maximum context|input is too long|too large", re.I)
+_CONTEXT = re.compile(r"context length|context window|context_length|prompt is too long|too many tokens"
+                      r"|maximum context|input is too long|too large", re.I)
 _REFUSED = re.compile(r"content.?policy|content.?filter|safety|flagged|refus|invalid_prompt", re.I)
 _MODEL = re.compile(r"\bmodel\b", re.I)
 
@@ -290,20 +295,27 @@ class HostedBackend(BaseBackend):
         if isinstance(exc, APIError):
             return exc
         if isinstance(exc, sdk.APITimeoutError):
-            return make(f"{p}: no answer from {url} within {self.options.timeout:g} s{after}; raise the backend option timeout", "timeout")
+            return make(f"{p}: no answer from {url} within {self.options.timeout:g} s{after}; raise the backend "
+                        "option timeout", "timeout")
         if isinstance(exc, sdk.APIConnectionError):
             cause = exc.__cause__ or exc.__context__
             detail = one_line(self._scrub(str(cause))) if cause else "connection error"
             return make(f"{p}: cannot reach {url}{after}: {detail}", "connection")
         if status == 401 or isinstance(exc, sdk.AuthenticationError):
             if self._key.value is None:
-                tried = ", ".join(x for x in ("the api_key option", f"${self.options.api_key_env}" if self.options.api_key_env else "", f"the key store ('{self.options.key_name}')" if self.options.key_name else "") if x)
-                return make(f"{p}: {url} wants an API key (401) and none was found (tried {tried}); run `rung keys set {self.options.key_name or p}`", "auth")
-            return make(f"{p}: the API key was refused (401) by {url}; the key came from {self._key.source}: check it, or run `rung keys set {self.options.key_name or p}`", "auth")
+                o = self.options
+                places = ("the api_key option", f"${o.api_key_env}" if o.api_key_env else "",
+                          f"the key store ('{o.key_name}')" if o.key_name else "")
+                tried = ", ".join(x for x in places if x)
+                return make(f"{p}: {url} wants an API key (401) and none was found (tried {tried}); run `rung keys "
+                            f"set {self.options.key_name or p}`", "auth")
+            return make(f"{p}: the API key was refused (401) by {url}; the key came from {self._key.source}: check "
+                        f"it, or run `rung keys set {self.options.key_name or p}`", "auth")
         if status == 403:
             if _REFUSED.search(code + " " + server_message):
                 return make(f"{p}: the request was refused (403): {server_message}", "refused")
-            return make(f"{p}: permission denied (403) for model '{model}' (key from {self._key.source}): {server_message}", "permission")
+            return make(f"{p}: permission denied (403) for model '{model}' (key from {self._key.source}): "
+                        f"{server_message}", "permission")
         if status == 404:
             if code == "model_not_found" or _MODEL.search(server_message):
                 return make(f"{p}: unknown model '{model}' at {url}: {server_message}", "model")
@@ -315,18 +327,22 @@ class HostedBackend(BaseBackend):
                 return make(f"{p}: the request was refused ({status}): {server_message}", "refused")
             return make(f"{p}: bad request ({status}) for model '{model}': {server_message}", "bad_request")
         if status == 429:
-            return make(f"{p}: rate limited (429) by {url}{after}: {server_message}; wait, or raise the backend option max_retries", "rate_limit")
+            return make(f"{p}: rate limited (429) by {url}{after}: {server_message}; wait, or raise the backend "
+                        "option max_retries", "rate_limit")
         if status is not None and status >= 500:
             return make(f"{p}: server error ({status}) from {url}{after}: {server_message}", "server")
         if status is not None:
             return make(f"{p}: HTTP {status} from {url}: {server_message}", "bad_request")
         if isinstance(exc, ValueError) and type(exc).__name__ in ("JSONDecodeError", "ValidationError"):
-            return make(f"{p}: the server at {url} sent a malformed response ({type(exc).__name__}: {one_line(exc, 120)})", "malformed")
-        return make(f"{p}: request to {url} failed: {type(exc).__name__}: {one_line(self._scrub(str(exc)))}", "connection")
+            return make(f"{p}: the server at {url} sent a malformed response ({type(exc).__name__}: "
+                        f"{one_line(exc, 120)})", "malformed")
+        return make(f"{p}: request to {url} failed: {type(exc).__name__}: {one_line(self._scrub(str(exc)))}",
+                    "connection")
 
     def cut_off(self, model: str, chars: int, why: str) -> APIError:
         return APIError(
-            self._scrub(f"{self.provider}: the stream from {self.base_url} (model '{model}') was cut off after {chars} characters ({why}); the text is incomplete"),
+            self._scrub(f"{self.provider}: the stream from {self.base_url} (model '{model}') was cut off after "
+                        f"{chars} characters ({why}); the text is incomplete"),
             "cut_off",
         )
 

@@ -42,7 +42,9 @@ def test_generate_sends_the_whole_request_and_reports_usage(server):
 
 
 def test_options_give_defaults_and_requests_override_them(server):
-    backend = make(server, temperature=1.5, max_tokens=2, max_tokens_field="max_completion_tokens", extra_body={"top_k": 3})
+    backend = make(
+        server, temperature=1.5, max_tokens=2, max_tokens_field="max_completion_tokens", extra_body={"top_k": 3}
+    )
     done = backend.generate(GenerationRequest(prompt="one two three four"))
     assert done.finish_reason == "length" and done.usage.completion_tokens == 2
     body = server.requests[-1].body
@@ -237,9 +239,12 @@ def test_the_backend_needs_only_the_core_not_the_prompt_commands():
              "from rung.plugins import get_plugins; p = get_plugins();"
              "print(json.dumps({'modules': sorted(sys.modules), 'commands': sorted(p.registry.items['command'])}))")
     env = {**__import__("os").environ, "RUNG_LOAD_PLUGINS": "rung-openai"}
-    out = json.loads(subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True).stdout)
+    out = json.loads(
+        subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True).stdout
+    )
     assert "rung_prompt" not in out["modules"] and "rung.hosted" in out["modules"]
     assert not {"prompt", "chat", "logs", "keys"} & set(out["commands"])
-    core = subprocess.run([sys.executable, "-c", "import json, sys, rung.hosted, rung.keys; print(json.dumps(sorted(sys.modules)))"],
+    core = subprocess.run([sys.executable, "-c", "import json, sys, rung.hosted, rung.keys; "
+                                                 "print(json.dumps(sorted(sys.modules)))"],
                           capture_output=True, text=True, check=True).stdout
     assert not {"openai", "anthropic", "rung_prompt"} & set(json.loads(core))  # the hosted base is SDK-free

@@ -45,7 +45,9 @@ def test_quality_heuristics_each_say_why():
     out, stats = run(QualityFilter(min_alpha_fraction=0.25, max_line_chars=20_000, max_duplicate_line_fraction=0.5),
                      [good, blob, minified, boiler, "ünïcödé wörds ✓ " * 3])
     assert out == [good, "ünïcödé wörds ✓ " * 3]
-    assert stats["removed/few_letters"] == 1 and stats["removed/long_line"] == 1 and stats["removed/repeated_lines"] == 1
+    assert (
+        stats["removed/few_letters"] == 1 and stats["removed/long_line"] == 1 and stats["removed/repeated_lines"] == 1
+    )
 
 
 def test_minhash_shingles_see_near_duplicates(tmp_path):

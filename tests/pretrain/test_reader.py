@@ -86,7 +86,9 @@ def test_sequential_packing_covers_the_stream_in_order_per_rank(shards):
     assert sorted(set(seen)) == [w * seq for w in range(windows)]
     stream = TokenBatches(shards, 2, seq, sampling="sequential")
     b = next(stream)
-    assert np.array_equal(b["input_ids"][0], train.take(0, seq)) and np.array_equal(b["input_ids"][1], train.take(seq, seq))
+    assert np.array_equal(b["input_ids"][0], train.take(0, seq)) and np.array_equal(
+        b["input_ids"][1], train.take(seq, seq)
+    )
 
 
 def test_validation_batches_are_fixed_and_spread(shards):

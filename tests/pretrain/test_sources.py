@@ -38,7 +38,11 @@ def test_files_reads_folders_globs_and_skips_what_is_not_text(tmp_path):
     assert isinstance(src, DataSource)
     got = items(src)
     docs = {d.id: d.text for d in got if isinstance(d, Document)}
-    assert docs == {"files:a.md": "# Title\n\nsome *markdown*", "files:b.py": "print('hi')\n", "files:bom.txt": "with a BOM"}
+    assert docs == {
+        "files:a.md": "# Title\n\nsome *markdown*",
+        "files:b.py": "print('hi')\n",
+        "files:bom.txt": "with a BOM",
+    }
     assert sorted(s.reason for s in got if isinstance(s, Skip)) == ["undecodable", "undecodable"]
     assert [d.text for d in src.read()] == list(docs.values())  # DataSource.read: documents only
     with pytest.raises(RungError, match="no file matches"):
@@ -56,7 +60,12 @@ def test_jsonl_and_gzip_jsonl_records(tmp_path):
     (tmp_path / "c.jsonl").write_bytes(b'{"text": "\xff\xfe"}\n')
     got = items(source("files", paths=[str(tmp_path / "a.jsonl"), str(tmp_path / "c.jsonl")]))
     assert [d.text for d in got if isinstance(d, Document)] == ["first", "ünïcode ✓"]
-    assert [s.reason for s in got if isinstance(s, Skip)] == ["unparsable", "no_text_field", "no_text_field", "undecodable"]
+    assert [s.reason for s in got if isinstance(s, Skip)] == [
+        "unparsable",
+        "no_text_field",
+        "no_text_field",
+        "undecodable",
+    ]
     zipped = items(source("files", paths=str(tmp_path / "b.jsonl.gz"), text_field="body"))
     assert [d.text for d in zipped] == ["zipped"] and zipped[0].id == "files:b.jsonl.gz#1"
 

@@ -46,7 +46,11 @@ def test_prompt_streams_the_reply_logs_it_and_logs_finds_it(cli, server):
     assert proc.stdout == "echo: hello rivers\n"
     assert "4 prompt + 3 completion tokens" in proc.stderr
     body = server.requests[-1].body
-    assert body["stream"] is True and body["temperature"] == 0.4 and body["messages"][0] == {"role": "system", "content": "be kind"}
+    assert (
+        body["stream"] is True
+        and body["temperature"] == 0.4
+        and body["messages"][0] == {"role": "system", "content": "be kind"}
+    )
     cli("prompt", *cli.openai, "--no-log", "not logged")
 
     listed = cli("logs").stdout
@@ -55,7 +59,12 @@ def test_prompt_streams_the_reply_logs_it_and_logs_finds_it(cli, server):
     found = [json.loads(line) for line in cli("logs", "-q", "rivers", "--json").stdout.splitlines()]
     assert len(found) == 1
     entry = found[0]
-    assert (entry["backend"], entry["model"], entry["system"], entry["response"]) == ("openai", "gpt-test", "be kind", "echo: hello rivers")
+    assert (entry["backend"], entry["model"], entry["system"], entry["response"]) == (
+        "openai",
+        "gpt-test",
+        "be kind",
+        "echo: hello rivers",
+    )
     assert (entry["prompt_tokens"], entry["completion_tokens"], entry["finish_reason"]) == (4, 3, "stop")
     assert entry["options"]["temperature"] == 0.4 and entry["options"]["base_url"] == server.openai_base_url
     assert entry["duration_s"] > 0 and entry["options"].get("api_key") is None
@@ -94,7 +103,8 @@ def test_chat_leaves_cleanly_on_ctrl_c(cli):
 
 def test_a_config_picks_the_backend_and_options_override_it(cli, server, tmp_path):
     config = tmp_path / "chat.yaml"
-    config.write_text(f"backend:\n  name: anthropic\n  model: claude-test\n  base_url: {server.anthropic_base_url}\n  api_key: {KEY}\n")
+    config.write_text(f"backend:\n  name: anthropic\n  model: claude-test\n"
+                      f"  base_url: {server.anthropic_base_url}\n  api_key: {KEY}\n")
     proc = cli("prompt", "-c", str(config), "-o", "max_tokens=2", "--no-stream", "one two three")
     assert proc.stdout == "echo: one \n" and "token limit" in proc.stderr
     assert server.requests[-1].path == "/v1/messages" and server.requests[-1].body["max_tokens"] == 2
@@ -134,7 +144,8 @@ def test_raw_is_refused_by_a_hosted_chat_api_in_one_line(cli, server):
     sent = len(server.requests)
     proc = cli("prompt", *cli.openai, "--raw", "def fibonacci(n):", check=False)
     assert proc.returncode == 1 and proc.stdout == ""
-    assert proc.stderr == "rung: error: openai: raw continuation (--raw) needs a local backend; a hosted chat API only answers messages\n"
+    assert proc.stderr == ("rung: error: openai: raw continuation (--raw) needs a local backend; "
+                           "a hosted chat API only answers messages\n")
     assert len(server.requests) == sent  # nothing went out as a disguised user turn
     proc = cli("prompt", *cli.openai, "--raw", "--system", "be kind", "x", check=False)
     assert proc.returncode == 2 and "--raw continues TEXT as plain text" in proc.stderr
@@ -147,7 +158,9 @@ def test_raw_continues_the_text_where_a_local_chat_model_would_wrap_it(cli, tmp_
 
     byte = rung.tokenizer("byte")
     byte.save(tmp_path / "byte")
-    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "byte" / "tokenizer.json"), eos_token="<|endoftext|>")
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_file=str(tmp_path / "byte" / "tokenizer.json"), eos_token="<|endoftext|>"
+    )
     tokenizer.chat_template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}[assistant] "
     model = tmp_path / "chat-model"
     tokenizer.save_pretrained(model)

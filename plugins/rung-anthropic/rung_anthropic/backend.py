@@ -81,7 +81,8 @@ class AnthropicBackend(HostedBackend):
             elif m.role in ("user", "assistant"):
                 messages.append({"role": m.role, "content": m.content})
             else:
-                raise APIError(f"anthropic: a '{m.role}' message cannot be sent as plain text; use user and assistant turns", "unsupported")
+                raise APIError(f"anthropic: a '{m.role}' message cannot be sent as plain text; use user and assistant "
+                               "turns", "unsupported")
         params: dict[str, Any] = {
             "model": model,
             "max_tokens": first(request.max_tokens, o.max_tokens),
@@ -163,7 +164,8 @@ class AnthropicBackend(HostedBackend):
         if message.stop_reason == "refusal":
             raise APIError(f"anthropic: model '{model}' refused the request (stop_reason 'refusal')", "refused")
         if message.stop_reason == "max_tokens":
-            raise APIError(f"anthropic: the structured reply of model '{model}' was cut at max tokens; raise max_tokens", "cut_off")
+            raise APIError(f"anthropic: the structured reply of model '{model}' was cut at max tokens; raise "
+                           "max_tokens", "cut_off")
         for block in message.content:
             parsed = getattr(block, "parsed_output", None)
             if parsed is not None:
@@ -172,7 +174,8 @@ class AnthropicBackend(HostedBackend):
 
     def api_error(self, exc: BaseException, model: str) -> APIError:
         if type(exc).__name__ == "ValidationError" and not hasattr(exc, "status_code"):
-            return APIError(f"anthropic: the reply of model '{model}' does not fit the requested schema: {one_line(exc, 160)}", "malformed")
+            return APIError(f"anthropic: the reply of model '{model}' does not fit the requested schema: "
+                            f"{one_line(exc, 160)}", "malformed")
         return super().api_error(exc, model)
 
     def count_tokens(self, text: str) -> int:
@@ -186,7 +189,11 @@ class AnthropicBackend(HostedBackend):
 def _usage(usage: Any) -> Usage:
     if usage is None:
         return Usage()
-    prompt = (usage.input_tokens or 0) + (getattr(usage, "cache_creation_input_tokens", 0) or 0) + (getattr(usage, "cache_read_input_tokens", 0) or 0)
+    prompt = (
+        (usage.input_tokens or 0)
+        + (getattr(usage, "cache_creation_input_tokens", 0) or 0)
+        + (getattr(usage, "cache_read_input_tokens", 0) or 0)
+    )
     return Usage(prompt, usage.output_tokens or 0)
 
 
@@ -214,8 +221,11 @@ class _StreamState:
             if status is not None and status < 400:  # an `error` event in a 200 stream (e.g. overloaded)
                 body = getattr(exc, "body", None)
                 err = body.get("error", {}) if isinstance(body, dict) else {}
-                what = f"{err.get('type', 'error')}: {err.get('message', '')}" if isinstance(err, dict) else one_line(exc)
-                raise self.backend.cut_off(self.model, self.chars, f"the server sent an error event, {one_line(what, 160)}") from None
+                what = (
+                    f"{err.get('type', 'error')}: {err.get('message', '')}" if isinstance(err, dict) else one_line(exc)
+                )
+                why = f"the server sent an error event, {one_line(what, 160)}"
+                raise self.backend.cut_off(self.model, self.chars, why) from None
             error = self.backend.api_error(exc, self.model)
             if error.status is None and (self.chars or error.kind in ("connection", "malformed", "timeout")):
                 raise self.backend.cut_off(self.model, self.chars, stream_failure(exc)) from None
@@ -246,7 +256,8 @@ class _StreamState:
 
     def last(self) -> Delta:
         if self.events == 0:
-            raise APIError(f"anthropic: the server at {self.backend.base_url} answered a stream request with no events (malformed response)", "malformed")
+            raise APIError(f"anthropic: the server at {self.backend.base_url} answered a stream request with no "
+                           "events (malformed response)", "malformed")
         if self.stop_reason == "refusal":
             raise APIError(f"anthropic: model '{self.model}' refused the request (stop_reason 'refusal')", "refused")
         if not self.stopped or self.stop_reason is None:

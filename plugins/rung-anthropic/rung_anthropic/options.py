@@ -21,9 +21,12 @@ class AnthropicOptions(HostedOptions):
     """
 
     model: str = Field("claude-haiku-4-5", description="model name, e.g. claude-haiku-4-5")
-    api_key: SecretStr | None = Field(None, description="API key; else $ANTHROPIC_API_KEY (api_key_env), else `rung keys set anthropic` (key_name)")
-    api_key_env: str | None = Field("ANTHROPIC_API_KEY", description="environment variable read when api_key is not set")
-    key_name: str | None = Field("anthropic", description="key store entry read when neither api_key nor the environment has a key")
+    api_key: SecretStr | None = Field(None, description="API key; else $ANTHROPIC_API_KEY (api_key_env), else `rung "
+                                                        "keys set anthropic` (key_name)")
+    api_key_env: str | None = Field("ANTHROPIC_API_KEY",
+                                    description="environment variable read when api_key is not set")
+    key_name: str | None = Field("anthropic", description="key store entry read when neither api_key nor the "
+                                                          "environment has a key")
     base_url: str | None = Field(None, description="server URL without /v1; default Anthropic's")
     api_version: str | None = Field(None, description="anthropic-version header; default the SDK's (2026-10-21)")
     max_tokens: int = Field(1024, ge=1, description="default cap on generated tokens")

@@ -159,11 +159,16 @@ class OpenAIBackend(HostedBackend):
 
     def api_error(self, exc: BaseException, model: str) -> APIError:
         if isinstance(exc, openai.LengthFinishReasonError):
-            return APIError(f"openai: the structured reply of model '{model}' was cut at max tokens; raise max_tokens", "cut_off")
+            return APIError(
+                f"openai: the structured reply of model '{model}' was cut at max tokens; raise max_tokens", "cut_off"
+            )
         if isinstance(exc, openai.ContentFilterFinishReasonError):
-            return APIError(f"openai: the structured reply of model '{model}' was stopped by the content filter", "refused")
+            return APIError(
+                f"openai: the structured reply of model '{model}' was stopped by the content filter", "refused"
+            )
         if type(exc).__name__ == "ValidationError" and not hasattr(exc, "status_code"):
-            return APIError(f"openai: the reply of model '{model}' does not fit the requested schema: {one_line(exc, 160)}", "malformed")
+            return APIError(f"openai: the reply of model '{model}' does not fit the requested schema: "
+                            f"{one_line(exc, 160)}", "malformed")
         return super().api_error(exc, model)
 
     def count_tokens(self, text: str) -> int:
@@ -223,12 +228,14 @@ class _StreamState:
         if self.refusal:
             raise APIError(f"openai: model '{self.model}' refused the request: {one_line(self.refusal)}", "refused")
         if self.chunks == 0:
-            raise APIError(f"openai: the server at {self.backend.base_url} answered a stream request with no events (malformed response)", "malformed")
+            raise APIError(f"openai: the server at {self.backend.base_url} answered a stream request with no events "
+                           "(malformed response)", "malformed")
         if self.finish is None:
             raise self.backend.cut_off(self.model, self.chars, "it ended without a finish reason")
         if self.usage is None and self.backend.options.stream_usage:
             raise self.backend.cut_off(
                 self.model, self.chars,
-                "it ended before its usage report; for a server that never sends one, set the backend option stream_usage=false",
+                "it ended before its usage report; for a server that never sends one, set the backend option "
+                "stream_usage=false",
             )
         return Delta(text="", finish_reason=self.finish, usage=self.usage, model=self.served_model or self.model)

@@ -137,7 +137,11 @@ class ExactFind(PipelineStep):
         folder = Path(self.folder)
         hashes, ranks, indices = [], [], []
         for task in range(self.tasks):
-            h = np.fromfile(folder / f"{task:05d}.hashes", dtype=np.uint64) if (folder / f"{task:05d}.hashes").is_file() else np.zeros(0, np.uint64)
+            h = (
+                np.fromfile(folder / f"{task:05d}.hashes", dtype=np.uint64)
+                if (folder / f"{task:05d}.hashes").is_file()
+                else np.zeros(0, np.uint64)
+            )
             hashes.append(h)
             ranks.append(np.full(h.size, task, dtype=np.int64))
             indices.append(np.arange(h.size, dtype=np.int64))
@@ -175,8 +179,14 @@ class DedupFilter(PipelineStep):
         self.exact_folder, self.minhash_folder, self.progress_dir = exact_folder, minhash_folder, progress_dir
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        exact = set(_read_removals(Path(self.exact_folder) / f"{rank:05d}.remove").tolist()) if self.exact_folder else set()
-        near = set(_read_removals(Path(self.minhash_folder) / f"{rank:06d}.remove").tolist()) if self.minhash_folder else set()
+        exact = (
+            set(_read_removals(Path(self.exact_folder) / f"{rank:05d}.remove").tolist()) if self.exact_folder else set()
+        )
+        near = (
+            set(_read_removals(Path(self.minhash_folder) / f"{rank:06d}.remove").tolist())
+            if self.minhash_folder
+            else set()
+        )
         progress = ProgressFile(self.progress_dir, rank)
         try:
             for doc in data:

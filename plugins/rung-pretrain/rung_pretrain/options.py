@@ -66,7 +66,8 @@ class StdlibOptions(Options):
 class HFDatasetOptions(Options):
     """A Hugging Face `datasets` dataset: a hub id (when reachable) or local files."""
 
-    path: str = Field(..., description="hub id (e.g. 'roneneldan/TinyStories') or a builder ('json', 'parquet', 'text') or a folder")
+    path: str = Field(..., description="hub id (e.g. 'roneneldan/TinyStories') or a builder ('json', 'parquet', "
+                                       "'text') or a folder")
     config_name: str | None = Field(None, description="the dataset's configuration (`name=` of load_dataset)")
     data_files: list[str] | str | dict[str, Any] | None = Field(None, description="local files for a builder")
     split: str = "train"

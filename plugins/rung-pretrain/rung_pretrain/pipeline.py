@@ -61,7 +61,8 @@ def data_options(config: Any) -> Any:
     """The config's `data` section, which must be a corpus."""
     data = getattr(config, "data", None)
     if data is None:
-        raise ConfigError("the config has no 'data' section: nothing to prepare (add `data: {name: corpus, sources: [...]}`)")
+        raise ConfigError("the config has no 'data' section: nothing to prepare "
+                          "(add `data: {name: corpus, sources: [...]}`)")
     if data.name != "corpus":
         raise ConfigError(f"data: '{data.name}' is not a corpus; `rung prepare` needs `data.name: corpus`")
     return data
@@ -122,7 +123,9 @@ def prepare(config_or_run: Any, *, force: bool = False, progress: bool | None = 
         for index, stage in enumerate(cleaning_stages(options, sources, units, work, tasks), 1):
             task = display.add(stage.name, stage.total_bytes)
             with display.polling(task, stage.progress):
-                stats_files.append(run_stage(stage, logs / f"{index}-{stage.name.replace(' ', '_').replace('+', '')}", workers))
+                stats_files.append(
+                    run_stage(stage, logs / f"{index}-{stage.name.replace(' ', '_').replace('+', '')}", workers)
+                )
             if task is not None and stage.progress is None:
                 display.update(task, total=1, completed=1)
         from rung_pretrain.clean_corpus import read_clean  # (datatrove: imported when used)
@@ -146,7 +149,8 @@ def prepare(config_or_run: Any, *, force: bool = False, progress: bool | None = 
         tokenizer.save(tokenizer_dir)
         tokenizer_file = tokenizer_dir / "tokenizer.json"
         if not tokenizer_file.is_file():
-            raise RungError(f"tokenizer {type(tokenizer).__name__} did not save a tokenizer.json; rung-pretrain needs one")
+            raise RungError(f"tokenizer {type(tokenizer).__name__} did not save a tokenizer.json; "
+                            "rung-pretrain needs one")
         tokenizer_hash = hashlib.sha256(tokenizer_file.read_bytes()).hexdigest()
         stage = shard_stage(options, work, out, tokenizer_file, tokenizer, tokenizer_hash, tasks)
         task = display.add(stage.name, clean_bytes)

@@ -101,14 +101,21 @@ def cleaning_stages(options: Any, sources: list[Any], units: list[Any], work: Pa
     stages.append(Stage("read + clean", first, tasks, f"{progress}/clean", total))
     cluster: list[Any] = []
     if minhash_dir:
-        stages.append(Stage("minhash buckets", [MinhashDedupBuckets(f"{minhash_dir}/signatures", f"{minhash_dir}/buckets", config=config)],
-                            minhash.num_buckets))
+        stages.append(
+            Stage(
+                "minhash buckets",
+                [MinhashDedupBuckets(f"{minhash_dir}/signatures", f"{minhash_dir}/buckets", config=config)],
+                minhash.num_buckets,
+            )
+        )
         cluster.append(MinhashDedupCluster(f"{minhash_dir}/buckets", f"{minhash_dir}/remove", config=config))
     if exact_dir:
         cluster.append(ExactFind(exact_dir, tasks, f"{minhash_dir}/remove" if minhash_dir else None))
     stages.append(Stage("find duplicates", cluster, 1))
-    last = reading("dedup") + [DedupFilter(exact_dir, f"{minhash_dir}/remove" if minhash_dir else None, f"{progress}/dedup"),
-                               TextWriter(str(work / "clean"))]
+    last = reading("dedup") + [
+        DedupFilter(exact_dir, f"{minhash_dir}/remove" if minhash_dir else None, f"{progress}/dedup"),
+        TextWriter(str(work / "clean")),
+    ]
     stages.append(Stage("remove duplicates", last, tasks, f"{progress}/dedup", None))
     return stages
 
@@ -124,7 +131,9 @@ def shard_stage(options: Any, work: Path, out: Path, tokenizer_file: Path, token
                             val_fraction=shards.val_fraction, max_shard_tokens=shards.max_shard_tokens,
                             batch_docs=shards.batch_docs, progress_dir=str(work / "progress" / "shards"),
                             threads=tasks == 1)
-    return Stage("token shards", [CleanCorpusReader(str(work / "clean")), step], tasks, str(work / "progress" / "shards"))
+    return Stage(
+        "token shards", [CleanCorpusReader(str(work / "clean")), step], tasks, str(work / "progress" / "shards")
+    )
 
 
 # ------------------------------------------------------------------------------ running

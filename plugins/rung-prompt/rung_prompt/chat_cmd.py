@@ -52,7 +52,10 @@ def chat(backend: str | None, model: str | None, config: str | None, options: tu
     conversation = uuid.uuid4().hex[:12]
     history: list[Message] = []
     if tty:
-        click.echo(f"chatting with {target.name} {target.model or ''} (Ctrl-D or /exit to leave, /reset to start over)", err=True)
+        click.echo(
+            f"chatting with {target.name} {target.model or ''} (Ctrl-D or /exit to leave, /reset to start over)",
+            err=True,
+        )
     try:
         for line in _lines(tty):
             command = line.strip()

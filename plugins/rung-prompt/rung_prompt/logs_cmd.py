@@ -35,11 +35,15 @@ def logs(count: int, query: str | None, full: bool, as_json: bool, show_path: bo
             click.echo(json.dumps(entry, ensure_ascii=False))
         return
     if not entries:
-        click.echo("no logged prompts" + (f" containing '{query}'" if query else "") + f" in {logdb.db_path()}", err=True)
+        click.echo(
+            "no logged prompts" + (f" containing '{query}'" if query else "") + f" in {logdb.db_path()}", err=True
+        )
         return
     for entry in entries:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry["created"]))
-        tokens = "" if entry["prompt_tokens"] is None else f"  {entry['prompt_tokens']}+{entry['completion_tokens']} tokens"
+        tokens = (
+            "" if entry["prompt_tokens"] is None else f"  {entry['prompt_tokens']}+{entry['completion_tokens']} tokens"
+        )
         took = "" if entry["duration_s"] is None else f"  {entry['duration_s']:.2f} s"
         chat_id = f"  chat {entry['conversation']}" if entry["conversation"] else ""
         click.echo(f"#{entry['id']}  {when}  {entry['backend']} {entry['model'] or ''}{tokens}{took}{chat_id}")

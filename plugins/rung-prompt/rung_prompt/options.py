@@ -15,8 +15,10 @@ def backend_options(func: Callable[..., Any]) -> Callable[..., Any]:
     decorators = [
         click.option("-b", "--backend", help=f"backend name (default: {DEFAULT_BACKEND}, or the config's)"),
         click.option("-m", "--model", help="model name, e.g. gpt-4o-mini"),
-        click.option("-c", "--config", type=click.Path(dir_okay=False), help="take the backend section of this run config"),
-        click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE", help="backend option, e.g. -o base_url=http://localhost:8000/v1 (repeatable)"),
+        click.option("-c", "--config", type=click.Path(dir_okay=False),
+                     help="take the backend section of this run config"),
+        click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
+                     help="backend option, e.g. -o base_url=http://localhost:8000/v1 (repeatable)"),
         click.option("-s", "--system", help="system prompt"),
         click.option("-t", "--temperature", type=float, help="sampling temperature"),
         click.option("--top-p", type=float, help="nucleus sampling probability"),
@@ -30,7 +32,9 @@ def backend_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def sampling(temperature: float | None, top_p: float | None, max_tokens: int | None, stop: tuple[str, ...], seed: int | None) -> dict[str, Any]:
+def sampling(
+    temperature: float | None, top_p: float | None, max_tokens: int | None, stop: tuple[str, ...], seed: int | None
+) -> dict[str, Any]:
     """The `GenerationRequest` fields the options set (unset ones stay the backend's default)."""
     values = {"temperature": temperature, "top_p": top_p, "max_tokens": max_tokens, "seed": seed}
     out = {k: v for k, v in values.items() if v is not None}

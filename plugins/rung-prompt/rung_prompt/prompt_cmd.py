@@ -14,7 +14,8 @@ from rung_prompt.target import build_target
 @click.command()
 @click.argument("text", required=False)
 @backend_options
-@click.option("--raw", is_flag=True, help="continue TEXT as plain text, never through the model's chat template (local backends)")
+@click.option("--raw", is_flag=True,
+              help="continue TEXT as plain text, never through the model's chat template (local backends)")
 @click.option("--no-stream", is_flag=True, help="wait for the whole reply instead of streaming it")
 @click.option("-v", "--verbose", is_flag=True, help="print model, token usage and timing to stderr")
 @quiet_broken_pipe

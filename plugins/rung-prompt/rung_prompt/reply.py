@@ -58,7 +58,10 @@ def run_request(target: Target, request: Any, stream: bool) -> Reply:
                 if delta.finish_reason is not None:
                     reply.finish_reason = delta.finish_reason
                 if delta.usage is not None:
-                    reply.prompt_tokens, reply.completion_tokens = delta.usage.prompt_tokens, delta.usage.completion_tokens
+                    reply.prompt_tokens, reply.completion_tokens = (
+                        delta.usage.prompt_tokens,
+                        delta.usage.completion_tokens,
+                    )
                 reply.model = delta.model or reply.model
     else:
         done = target.backend.generate(request)
@@ -77,12 +80,27 @@ def note(reply: Reply, target: Target, verbose: bool) -> None:
     if reply.finish_reason == "length":
         click.echo("rung: the reply stopped at the token limit (--max-tokens)", err=True)
     if verbose:
-        tokens = "" if reply.prompt_tokens is None else f" | {reply.prompt_tokens} prompt + {reply.completion_tokens} completion tokens"
+        tokens = (
+            ""
+            if reply.prompt_tokens is None
+            else f" | {reply.prompt_tokens} prompt + {reply.completion_tokens} completion tokens"
+        )
         first = "" if reply.first_token_s is None else f" | first token {reply.first_token_s:.2f} s"
-        click.echo(f"[{target.name} {reply.model or target.model}{tokens} | {reply.duration_s:.2f} s{first} | {reply.finish_reason}]", err=True)
+        click.echo(
+            f"[{target.name} {reply.model or target.model}{tokens} | {reply.duration_s:.2f} s{first} | "
+            f"{reply.finish_reason}]",
+            err=True,
+        )
 
 
-def log_reply(target: Target, settings: dict[str, Any], prompt: str, system: str | None, reply: Reply, conversation: str | None = None) -> None:
+def log_reply(
+    target: Target,
+    settings: dict[str, Any],
+    prompt: str,
+    system: str | None,
+    reply: Reply,
+    conversation: str | None = None,
+) -> None:
     """Record the exchange in the prompt log; `settings` are the request's (sampling, raw)."""
     from rung_prompt import logdb
 

@@ -31,7 +31,9 @@ class HFDatasetSource(SourceBase):
             try:
                 import datasets
             except ImportError:
-                raise RungError("the hf_dataset source needs `datasets`: pip install 'rung-pretrain[datasets]'") from None
+                raise RungError(
+                    "the hf_dataset source needs `datasets`: pip install 'rung-pretrain[datasets]'"
+                ) from None
             options = self.options
             try:
                 dataset = datasets.load_dataset(
