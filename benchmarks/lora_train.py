@@ -80,13 +80,14 @@ def phase_plain(args, data: Path, out: Path) -> dict:
 
     from rung.config import make_config
     from rung.runner import Run
-    from rung_lora.adapters import count_parameters, wrap_lora
+    from rung.records import LoraSpec
     from rung_lora.data import SFTBatches, prepare_rows
     from rung_lora.options import LoraOptions
     from rung_lora.templates import make_renderer
-    from rung_lora.torch_ops import masked_token_loss
     from rung_lora.trainer import model_context
+    from rung_torch.adapters import count_parameters, wrap_lora
     from rung_torch.engine.metrics import peak_memory_mb
+    from rung_torch.objectives import next_token_loss
 
     cfg = make_config(config(args, data, out))
     run = Run(cfg)
@@ -97,7 +98,8 @@ def phase_plain(args, data: Path, out: Path) -> dict:
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     opts = LoraOptions(**options(args))
     torch.manual_seed(0)
-    model = wrap_lora(backend.model, opts).to(device)
+    spec = LoraSpec(r=opts.r, alpha=opts.alpha, dropout=opts.dropout, target_modules=opts.target_modules)
+    model = wrap_lora(backend.model, spec).to(device)
     model.train()
     trainable, total = count_parameters(model)
     renderer = make_renderer("auto", tokenizer)
@@ -116,9 +118,7 @@ def phase_plain(args, data: Path, out: Path) -> dict:
         ids = torch.from_numpy(batch["input_ids"]).to(device)
         labels = torch.from_numpy(batch["labels"]).to(device)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            logits = model(ids)
-            logits = logits if torch.is_tensor(logits) else logits.logits
-            loss = masked_token_loss(logits, labels)
+            loss, _ = next_token_loss(model, {"input_ids": ids, "labels": labels})
         loss.float().backward()
         torch.nn.utils.clip_grad_norm_(params, opts.grad_clip, foreach=True)
         optimizer.step()

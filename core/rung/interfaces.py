@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
 
-from rung.records import Completion, Delta, Example, GenerationRequest, Message, TrainResult
+from rung.records import Completion, Delta, Example, GenerationRequest, LoraSpec, Message, TrainResult
 
 if TYPE_CHECKING:
     from rung.context import RunContext
@@ -69,6 +69,44 @@ class TrainableBackend(Backend, Protocol):
 
     def save(self, directory: str | Path) -> None:
         """Write the weights (safetensors), config.json and tokenizer to `directory`."""
+
+
+# Beside a saved adapter: which base and backend it was trained on (see `Adapters.save_adapter`).
+ADAPTER_NOTE = "rung_adapter.json"
+
+
+@runtime_checkable
+class Adapters(Protocol):
+    """LoRA adapters on one compute backend's model, saved in the PEFT format.
+
+    A backend that has them answers `backend.adapters()` (rung-torch and rung-hf through
+    peft, rung-jax through Flax NNX); trainers use only these methods, so one `lora` config
+    trains on any of them. After `add_lora` the backend's engine trains the adapters alone.
+    """
+
+    def add_lora(self, spec: LoraSpec) -> None:
+        """Wrap the model's target layers with new adapters (initial weights from `spec.seed`)."""
+
+    def trainable_parameters(self) -> tuple[int, int]:
+        """(trainable, total) parameter counts of the model as it is now."""
+
+    def save_adapter(self, directory: str | Path, **note: Any) -> None:
+        """The adapters alone (adapter_model.safetensors, adapter_config.json) and `note` as
+        `ADAPTER_NOTE` (JSON: `base`, `backend`, `backend_options`, `chat_template`)."""
+
+    def load_adapter(self, directory: str | Path, merge: bool = True) -> None:
+        """Put saved adapters on the model; `merge`: fold them into its weights."""
+
+    def merge_adapter(self) -> None:
+        """Fold the adapters into the base weights: the model is a plain model again."""
+
+
+@runtime_checkable
+class AdapterBackend(TrainableBackend, Protocol):
+    """A compute backend whose model can carry LoRA adapters."""
+
+    def adapters(self) -> Adapters:
+        """This backend's adapter operations, bound to its model."""
 
 
 class BaseBackend:

@@ -123,6 +123,30 @@ class RewardedPrompt:
 Example = Document | ChatExample | PreferencePair | RewardedPrompt
 
 
+@dataclass(frozen=True)
+class LoraSpec:
+    """LoRA adapters a trainer asks a backend to add (`backend.adapters().add_lora(spec)`).
+
+    `target_modules`: "auto" (the attention projections of the architecture), "all-linear",
+    or module names. A framework refuses, in one line, what it cannot do (e.g. QLoRA without
+    CUDA, DoRA on jax).
+    """
+
+    r: int = 16
+    alpha: float | None = None  # None: 2 * r
+    dropout: float = 0.0
+    target_modules: str | tuple[str, ...] = "auto"
+    modules_to_save: tuple[str, ...] = ()  # trained in full and saved with the adapter
+    dora: bool = False  # weight-decomposed LoRA
+    rslora: bool = False  # scale by alpha / sqrt(r) instead of alpha / r
+    qlora: bool = False  # 4-bit base weights
+    seed: int = 0  # the adapters' initial weights
+
+    @property
+    def scale_alpha(self) -> float:
+        return float(self.alpha) if self.alpha is not None else 2.0 * self.r
+
+
 @dataclass
 class TrainResult:
     """What a training run leaves behind."""

@@ -39,7 +39,7 @@ def test_lora_trains_only_adapters_and_peft_loads_them(tmp_path):
     from rung_jax.engine import JaxEngine
     from rung_jax.lora import LoRALinear, apply_lora, load_adapter, save_adapter
     from rung_jax.model import init_model
-    from rung_jax.objectives import sft_loss
+    from rung_jax.objectives import next_token_loss
     from rung_jax.weights import base_params, save_model
 
     model = init_model(preset("test", vocab_size=VOCAB), seed=4)
@@ -55,7 +55,7 @@ def test_lora_trains_only_adapters_and_peft_loads_them(tmp_path):
 
     run = RecordingRun(tmp_path / "run")
     options = TrainingOptions(steps=3, log_every=1, learning_rate=5e-2, warmup_steps=0, resume="never")
-    JaxEngine(model, precision="fp32").fit(sft_loss, _sft_stream(), options, run)
+    JaxEngine(model, precision="fp32").fit(next_token_loss, _sft_stream(), options, run)
     losses = [m["loss"] for _, m in run.logs]
     assert losses[-1] < losses[0]
     after = {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(base_params(model))}

@@ -45,7 +45,10 @@ def trained_spans(tokenizer, encoded) -> list[str]:
 
 @pytest.fixture(scope="module")
 def byte_tok():
-    return rung.tokenizer("byte")
+    """rung's byte tokenizer with rung's chat template (a plain one has none)."""
+    tokenizer = rung.tokenizer("byte")
+    tokenizer.chat_template = "rung"
+    return tokenizer
 
 
 @pytest.fixture(scope="module")

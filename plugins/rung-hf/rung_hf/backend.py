@@ -176,6 +176,12 @@ class HFBackend(BaseBackend):
             )
         return TorchEngine(self.model, self.options, device=self.device)
 
+    def adapters(self) -> Any:
+        """LoRA adapters on `self.model` (`rung.interfaces.Adapters`, rung-torch's peft code)."""
+        from rung_torch.adapters import PeftAdapters
+
+        return PeftAdapters(self)
+
     def save(self, directory: str | Path) -> None:
         """The model in the Hugging Face format (safetensors, config.json, generation_config.json)
         and the tokenizer, so transformers, rung-hf (and rung-torch, for Llama) load it."""

@@ -79,6 +79,12 @@ class JaxBackend(BaseBackend):
 
         return JaxEngine(self, self.options, mesh=self.mesh, precision=self.precision)
 
+    def adapters(self):
+        """LoRA adapters on `self.model` (`rung.interfaces.Adapters`, Flax NNX, PEFT files)."""
+        from rung_jax.lora import NnxAdapters
+
+        return NnxAdapters(self)
+
     def save(self, directory: str | Path) -> None:
         """Weights (model.safetensors, HF Llama names), config.json and the tokenizer."""
         from rung_jax.weights import save_model

@@ -7,7 +7,12 @@ The engine then trains only the adapters (`wrt=nnx.LoRAParam`); the base weights
 under their own names. `save_adapter` writes `adapter_model.safetensors` in PEFT's names
 (`base_model.model.<module path>.lora_A.weight` [r, in], `lora_B.weight` [out, r]) and
 `adapter_config.json`, so `peft.PeftModel.from_pretrained(torch_model, dir)` loads them on a
-rung-torch or transformers Llama; `load_adapter` reads the same files back.
+rung-torch or transformers Llama; `load_adapter` reads the same files back (and adapters peft
+wrote for rung-torch's model: plain LoRA on these module names).
+
+`NnxAdapters(backend)` is the jax backend's `rung.interfaces.Adapters` (`backend.adapters()`),
+what the `lora` trainer and `rung export` use. Plain LoRA only: DoRA, rsLoRA, QLoRA and
+modules_to_save are refused in one line; LoRA dropout is not applied (noted once).
 """
 
 from __future__ import annotations
@@ -22,9 +27,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rung.errors import RungError
+from rung.errors import ConfigError, RungError
+from rung.interfaces import ADAPTER_NOTE
+from rung.records import LoraSpec
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -72,7 +80,8 @@ def apply_lora(model: nnx.Module, rank: int = 8, alpha: float = 16.0,
         if isinstance(child, LoRALinear):
             raise RungError(f"{name} already has a LoRA adapter")
         setattr(parent, name, LoRALinear(child, rank, alpha, rngs))
-    model._lora_config = {"r": rank, "lora_alpha": float(alpha), "target_modules": sorted(set(targets))}
+    # (Nothing else is stored on the model: its attributes are part of the NNX graph
+    # definition, which must stay hashable for the jitted generation and train step.)
     return model
 
 
@@ -167,3 +176,61 @@ def merge_lora(model: nnx.Module) -> nnx.Module:
         linear.kernel.set_value((kernel + delta).astype(kernel.dtype))
         setattr(parent, name, linear)
     return model
+
+
+class NnxAdapters:
+    """`rung.interfaces.Adapters` for the jax backend's NNX model (adapters added in place)."""
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+
+    def add_lora(self, spec: LoraSpec) -> None:
+        refused = [name for name, wanted in (("use_dora", spec.dora), ("use_rslora", spec.rslora),
+                                             ("qlora", spec.qlora), ("modules_to_save", bool(spec.modules_to_save)))
+                   if wanted]
+        if refused:
+            raise ConfigError(f"trainer.{refused[0]}: LoRA on the jax backend is plain LoRA only "
+                              "(use the torch or hf backend for DoRA, rsLoRA, QLoRA and modules_to_save)")
+        model = self.backend.model
+        targets = self._targets(model, spec.target_modules)
+        if spec.dropout:
+            from rung.console import get_console
+
+            get_console().print(f"note: LoRA on jax applies no dropout (trainer.dropout={spec.dropout} is not used)",
+                                highlight=False, markup=False)
+        apply_lora(model, spec.r, spec.scale_alpha, targets, seed=spec.seed)
+
+    @staticmethod
+    def _targets(model: nnx.Module, choice: str | Sequence[str]) -> tuple[str, ...]:
+        if choice == "auto":
+            return DEFAULT_TARGETS
+        if choice == "all-linear":
+            return ALL_LINEAR
+        if isinstance(choice, str):
+            raise ConfigError(f"trainer.target_modules: '{choice}' is not auto, all-linear or a list of names")
+        present = {name for _, _, name in _targets(model, ALL_LINEAR)}
+        missing = [name for name in choice if name not in present]
+        if missing:
+            raise ConfigError(f"trainer.target_modules: no linear layer named {', '.join(missing)}; "
+                              f"this model has: {', '.join(sorted(present))}")
+        return tuple(choice)
+
+    def trainable_parameters(self) -> tuple[int, int]:
+        sizes = lambda state: sum(int(np.prod(v.get_value().shape)) for _, v in nnx.to_flat_state(state))  # noqa: E731
+        model = self.backend.model
+        return sizes(nnx.state(model, nnx.LoRAParam)), sizes(nnx.state(model, nnx.Param))
+
+    def save_adapter(self, directory: str | Path, **note: Any) -> None:
+        save_adapter(self.backend.model, directory, base_model=note.get("base"))
+        if jax.process_index() == 0:
+            (Path(directory) / ADAPTER_NOTE).write_text(json.dumps(note, indent=2), encoding="utf-8")
+
+    def load_adapter(self, directory: str | Path, merge: bool = True) -> None:
+        load_adapter(self.backend.model, directory)
+        if merge:
+            self.merge_adapter()
+
+    def merge_adapter(self) -> None:
+        if not lora_modules(self.backend.model):
+            raise RungError("the model has no LoRA adapters to merge")
+        merge_lora(self.backend.model)

@@ -1,6 +1,7 @@
-"""rung-lora: supervised fine-tuning (`sft`) and LoRA adapters (`lora`) for torch models.
+"""rung-lora: supervised fine-tuning (`sft`) and LoRA adapters (`lora`) on any compute backend.
 
-Light at import; the heavy pieces live in `rung_lora.trainer`, `rung_lora.adapters`, ...
+Light at import; the trainers live in `rung_lora.trainer`. The adapters themselves are the
+backend's (`backend.adapters()`: peft in rung-torch for torch and hf, Flax NNX in rung-jax).
 `load_adapter(backend, adapter_dir)` puts a saved adapter on a backend's model for generation.
 """
 
@@ -12,7 +13,10 @@ __version__ = "0.1.0"
 
 
 def load_adapter(backend: Any, adapter_dir: str, merge: bool = True) -> Any:
-    """Wrap `backend.model` with the PEFT adapter in `adapter_dir` (merged into it by default)."""
-    from rung_lora.adapters import load_adapter as _load
+    """Put the PEFT adapter in `adapter_dir` on `backend.model` (merged into it by default)."""
+    from rung.errors import RungError
 
-    return _load(backend, adapter_dir, merge=merge)
+    if not callable(getattr(backend, "adapters", None)):
+        raise RungError(f"{type(backend).__name__} cannot carry LoRA adapters (it has no adapters())")
+    backend.adapters().load_adapter(adapter_dir, merge=merge)
+    return backend.model

@@ -10,20 +10,19 @@ import click
 
 def export_adapter(adapter: str | Path, output: str | Path, base: str | None = None,
                    backend_name: str | None = None) -> Path:
-    """Load the base through its backend, merge the adapter in, save the merged model."""
-    from rung.errors import RungError
-    import rung
+    """Load the base through the backend the adapter names, merge the adapter in, save the result."""
+    import json
 
-    from rung_lora.adapters import copy_tokenizer_files, load_adapter, read_sidecar
+    import rung
+    from rung.errors import RungError
+
+    from rung_lora.saving import copy_tokenizer_files, read_note, save_tokenizer
 
     adapter, output = Path(adapter), Path(output)
-    note = read_sidecar(adapter)
+    note = read_note(adapter)
     if base is None:
-        base = note.get("base")
-        if base is None:
-            import json
-
-            base = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        base = note.get("base") or json.loads((adapter / "adapter_config.json").read_text()).get(
+            "base_model_name_or_path")
     if not base:
         raise RungError(f"{adapter}: the adapter does not say where its base model is; pass --base DIR")
     name = backend_name or note.get("backend") or "hf"
@@ -32,9 +31,12 @@ def export_adapter(adapter: str | Path, output: str | Path, base: str | None = N
         options = {k: v for k, v in (note.get("backend_options") or {}).items() if k != "name"}
     options["model"] = str(base)
     backend = rung.backend(name, **options)
-    load_adapter(backend, adapter, merge=True)
+    if not callable(getattr(backend, "adapters", None)):
+        raise RungError(f"backend '{name}' cannot carry LoRA adapters; pass --backend torch, hf or jax")
+    backend.adapters().load_adapter(adapter, merge=True)
     output.mkdir(parents=True, exist_ok=True)
     backend.save(output)
+    save_tokenizer(None, output, note.get("chat_template"))  # the format the adapter learnt
     copy_tokenizer_files(adapter, output)
     return output
 

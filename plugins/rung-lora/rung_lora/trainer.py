@@ -1,43 +1,31 @@
-"""The `sft` and `lora` trainers: shape chat data, hand the masked objective to the torch engine."""
+"""The `sft` and `lora` trainers: shape chat data, hand the masked objective to the backend's engine.
+
+Framework-neutral: the loss is the backend framework's `next_token_loss` (labels -100 on every
+token that is not the assistant's), the held-out loss its `token_nll_sum`, the task metric the
+backend's own generation, and LoRA adapters the backend's `adapters()` (`rung.interfaces.Adapters`:
+peft on torch and hf, Flax NNX on jax). So one config trains on any compute backend.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from rung.config import config_to_dict, section_model
-from rung.errors import ConfigError, RungError
+from rung.config import config_to_dict
+from rung.context import RunContext
+from rung.errors import ConfigError
 from rung.model_config import LocalModelOptions
-from rung.records import TrainResult
-from rung.runner import Run, build
+from rung.records import LoraSpec, TrainResult
 
-from rung_lora.data import (
-    Prepared,
-    SFTBatches,
-    prepare_rows,
-    prompt_and_reference,
-    split_examples,
-)
+from rung_lora.data import Prepared, SFTBatches, prepare_rows, prompt_and_reference, split_examples
+from rung_lora.evaluation import Evaluator, TaskMetric, held_out_batches, trimmed_prompt
 from rung_lora.options import LoraOptions, SFTOptions
+from rung_lora.saving import save_tokenizer
 from rung_lora.templates import ChatRenderer, make_renderer
 from rung.transformers_tokenizer import as_rung_tokenizer
 
 
-def _section(run: Run, kind: str, data: dict[str, Any], where: str) -> Any:
-    if not isinstance(data, dict) or "name" not in data:
-        raise ConfigError(f"{where}: needs a 'name'")
-    model = section_model(run.plugins.registry, kind, data["name"])
-    try:
-        return model.model_validate(dict(data))
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        path = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{where}.{path}: {first['msg']}") from None
-
-
-def resolve_tokenizer(run: Run, backend: Any) -> Any:
+def resolve_tokenizer(run: RunContext, backend: Any) -> Any:
     """The run's tokenizer, or the backend's own (an hf backend brings one)."""
     tokenizer = run.tokenizer() or getattr(backend, "tokenizer", None)
     if tokenizer is None:
@@ -47,6 +35,7 @@ def resolve_tokenizer(run: Run, backend: Any) -> Any:
 
 
 def model_context(model: Any) -> int | None:
+    """The longest sequence the model takes (rung's max_seq_len, transformers' positions)."""
     config = getattr(model, "config", None)
     for name in ("max_position_embeddings", "max_seq_len", "n_positions"):
         value = getattr(config, name, None)
@@ -55,27 +44,11 @@ def model_context(model: Any) -> int | None:
     return None
 
 
-def framework_parts(run: Run, backend: Any, lora: bool = False) -> tuple[Any, Any]:
-    """The objective and evaluator for the backend's framework.
-
-    Data shaping is framework-neutral (numpy batches); a framework brings
-    `sft_objective(model, batch) -> (loss, metrics)` and an `Evaluator` with the constructor of
-    `rung_lora.torch_ops.Evaluator`: torch's live here, jax's in `rung_jax.sft` (sft only).
-    """
-    framework = getattr(backend, "framework", None)
-    if framework == "torch":
-        from rung_lora import torch_ops
-
-        return torch_ops.sft_objective, torch_ops.Evaluator
-    if framework == "jax" and not lora:
-        try:
-            from rung_jax import sft as jax_sft  # type: ignore[attr-defined]
-        except ImportError:
-            pass
-        else:
-            return jax_sft.sft_objective, jax_sft.Evaluator
-    raise ConfigError(f"trainer '{run.config.trainer.name}' has no objective for backend "
-                      f"'{run.config.backend.name}' (framework: {framework or 'none'})")
+def evaluate_now(engine: Any, evaluate: Any, backend: Any) -> dict[str, float]:
+    """Run `evaluate` once before training, in the engine's evaluation context."""
+    if hasattr(engine, "evaluate"):
+        return engine.evaluate(evaluate)
+    return evaluate(backend.model)  # an engine without one: the evaluator on the model as it is
 
 
 class SFTTrainer:
@@ -86,16 +59,14 @@ class SFTTrainer:
     def __init__(self, options: SFTOptions) -> None:
         self.options = options
         self.renderer: ChatRenderer | None = None
-        self.evaluator: Any = None
+        self.evaluator: Evaluator | None = None
 
     # -- steps a subclass changes
 
-    def prepare_model(self, run: Run, backend: Any) -> None:
-        """Change backend.model before the engine is made (the lora trainer wraps it)."""
+    def prepare_model(self, run: RunContext, backend: Any) -> None:
+        """Change the backend's model before the engine is made (the lora trainer adds adapters)."""
 
-    def save(self, run: Run, backend: Any, tokenizer: Any) -> None:
-        from rung_lora.adapters import save_tokenizer
-
+    def save(self, run: RunContext, backend: Any, tokenizer: Any) -> None:
         target = run.output_dir / "model"
         backend.save(target)
         save_tokenizer(tokenizer, target, self._saved_template())
@@ -103,66 +74,69 @@ class SFTTrainer:
     # -- the run
 
     def _saved_template(self) -> str | None:
+        """rung's template when the data was rendered with it (the tokenizer's own is saved with it)."""
         return self.renderer.jinja if self.renderer is not None else None
 
-    def _data(self, run: Run, tokenizer: Any, max_length: int) -> tuple[Prepared, Prepared, list]:
+    def _data(self, run: RunContext, tokenizer: Any, max_length: int) -> tuple[Prepared, Prepared, list]:
         opts = self.options
         examples = list(run.data().read())
         if opts.eval_data is not None:
-            source = build(run.plugins, "data_source", _section(run, "data_source", opts.eval_data, "trainer.eval_data"))
+            source = run.build("data_source", opts.eval_data, "trainer.eval_data")
             train_examples, eval_examples = examples, list(source.read())
         else:
-            train_examples, eval_examples = split_examples(examples, opts.eval_size, run.config.seed)
+            train_examples, eval_examples = split_examples(examples, opts.eval_size, run.seed)
         shape = dict(max_length=max_length, truncation=opts.truncation, train_on=opts.train_on,
                      system_prompt=opts.system_prompt)
         train = prepare_rows(train_examples, self.renderer, tokenizer, packing=opts.packing, **shape)
         held = prepare_rows(eval_examples, self.renderer, tokenizer, packing=False, **shape)
         return train, held, eval_examples
 
-    def _task_metric(self, run: Run, tokenizer: Any, eval_examples: list, max_length: int) -> Any:
+    def _task_metric(self, run: RunContext, backend: Any, tokenizer: Any, eval_examples: list,
+                     max_length: int) -> TaskMetric | None:
         opts = self.options
         if opts.eval_metric is None:
             return None
         if not eval_examples:
             raise ConfigError("trainer.eval_metric needs held-out examples: set eval_size or eval_data")
-        from rung_lora.torch_ops import TaskMetric
-
-        section = _section(run, "reward_function", {"name": opts.eval_metric, **opts.eval_metric_options},
-                           "trainer.eval_metric")
-        score = build(run.plugins, "reward_function", section)
+        score = run.build("reward_function", {"name": opts.eval_metric, **opts.eval_metric_options},
+                          "trainer.eval_metric")
+        keep = max(1, max_length - opts.max_new_tokens)  # prompt and answer fit the context
         prompts, references = [], []
         for example in eval_examples[: opts.eval_generate]:
             messages, reference = prompt_and_reference(example, opts.system_prompt)
-            prompts.append(tokenizer.encode(self.renderer(messages, add_generation_prompt=True)))
+            prompts.append(trimmed_prompt(self.renderer(messages, add_generation_prompt=True), tokenizer, keep))
             references.append(reference)
-        return TaskMetric(opts.eval_metric, score, prompts, references, tokenizer, self.renderer.stop,
-                          max_new_tokens=opts.max_new_tokens, max_length=max_length,
-                          batch_size=max(opts.batch_size, 32))
+        return TaskMetric(opts.eval_metric, score, backend, prompts, references, self.renderer.stop,
+                          max_new_tokens=opts.max_new_tokens, batch_size=max(opts.batch_size, 32))
 
-    def _resuming(self, run: Run) -> bool:
+    def _teach_template(self, tokenizer: Any) -> None:
+        """Give a tokenizer without a chat template the one the data is rendered with, so the
+        backend serves the trained model in that format and saves it with the tokenizer."""
+        if not self.renderer.jinja:
+            return
+        for holder in (getattr(tokenizer, "hf", None), tokenizer):
+            if holder is not None and hasattr(holder, "chat_template") and not holder.chat_template:
+                try:
+                    holder.chat_template = self.renderer.jinja
+                except AttributeError:  # a read-only property: chat_template.jinja still says it
+                    pass
+
+    def _resuming(self, run: RunContext) -> bool:
         folder = run.output_dir / "checkpoints"
         return self.options.resume != "never" and folder.is_dir() and any(folder.iterdir())
 
-    def train(self, run: Run) -> TrainResult:
+    def train(self, run: RunContext) -> TrainResult:
         opts = self.options
         backend = run.backend()
-        sft_objective, Evaluator = framework_parts(run, backend, lora=isinstance(opts, LoraOptions))
-        if isinstance(opts, LoraOptions) and opts.qlora:
-            from rung_lora.adapters import quantize_4bit  # noqa: F401 - fail before reading data
-            import torch
-
-            if not torch.cuda.is_available():
-                raise RungError("trainer.qlora: QLoRA needs a CUDA GPU (bitsandbytes 4-bit kernels) and this "
-                                "machine has none; set trainer.qlora=false to train LoRA on full-precision weights")
+        objective, nll_sum = run.objective("next_token_loss"), run.objective("token_nll_sum")
         tokenizer = resolve_tokenizer(run, backend)
         self.renderer = make_renderer(opts.chat_template, tokenizer)
-        hf = getattr(tokenizer, "hf", None)
-        if self.renderer.jinja and hf is not None and not getattr(hf, "chat_template", None):
-            hf.chat_template = self.renderer.jinja  # the backend then serves (and saves) the same format
         context = model_context(getattr(backend, "model", None))
         max_length = min(opts.max_length, context) if context else opts.max_length
+        self.prepare_model(run, backend)  # (lora: a preset base is saved first, as it was made)
+        self._teach_template(tokenizer)
         train, held, eval_examples = self._data(run, tokenizer, max_length)
-        task = self._task_metric(run, tokenizer, eval_examples, max_length)
+        task = self._task_metric(run, backend, tokenizer, eval_examples, max_length)
         run.log(0, {"train_examples": float(len(train.rows) if not opts.packing else train.examples - train.dropped),
                     "train_rows": float(len(train.rows)), "eval_examples": float(len(held.rows)),
                     "dropped_examples": float(train.dropped + held.dropped),
@@ -170,34 +144,41 @@ class SFTTrainer:
                     "trained_token_fraction": train.trained_tokens / max(train.tokens, 1),
                     "template": self.renderer.name})
 
-        self.prepare_model(run, backend)
         engine = backend.engine()
         rank, world = int(getattr(engine, "rank", 0)), int(getattr(engine, "world_size", 1))
         pad_id = next((t for t in (tokenizer.pad_id, tokenizer.eos_id) if t is not None), 0)
-        stream = SFTBatches(train.rows, opts.batch_size, seed=run.config.seed, shuffle=opts.shuffle,
+        stream = SFTBatches(train.rows, opts.batch_size, seed=run.seed, shuffle=opts.shuffle,
                             rank=rank, world_size=world, pad_id=pad_id, pad_to_multiple_of=opts.pad_to_multiple_of)
         evaluate = None
         if held.rows or task is not None:
-            self.evaluator = evaluate = Evaluator(held.rows, opts.batch_size, pad_id, opts.pad_to_multiple_of,
-                                                  opts.eval_batches, task)
+            batches = held_out_batches(held.rows, opts.batch_size, pad_id, opts.pad_to_multiple_of, opts.eval_batches)
+            self.evaluator = evaluate = Evaluator(nll_sum, batches, task)
         if evaluate is not None and opts.eval_on_start and rank == 0 and not self._resuming(run):
-            run.log(0, evaluate(backend.model))
-        result = engine.fit(sft_objective, stream, opts, run, evaluate)
+            run.log(0, evaluate_now(engine, evaluate, backend))
+        result = engine.fit(objective, stream, opts, run, evaluate)
         if rank == 0:
             self.save(run, backend, tokenizer)
         return result
 
 
 class LoraTrainer(SFTTrainer):
-    """LoRA / DoRA / QLoRA adapters through peft; the base weights stay frozen."""
+    """LoRA adapters through the backend's `adapters()`; the base weights stay frozen."""
 
     options_model = LoraOptions
 
     def __init__(self, options: LoraOptions) -> None:
         super().__init__(options)
         self.base: str | None = None
+        self.adapters: Any = None
 
-    def _base_reference(self, run: Run, backend: Any) -> str | None:
+    def spec(self, run: RunContext) -> LoraSpec:
+        o = self.options
+        targets = o.target_modules if isinstance(o.target_modules, str) else tuple(o.target_modules)
+        return LoraSpec(r=o.r, alpha=o.alpha, dropout=o.dropout, target_modules=targets,
+                        modules_to_save=tuple(o.modules_to_save), dora=o.use_dora, rslora=o.use_rslora,
+                        qlora=o.qlora, seed=run.seed)
+
+    def _base_reference(self, run: RunContext, backend: Any) -> str | None:
         """Where the base model lives, saving it first when it exists only in memory (a preset)."""
         model = getattr(run.config.backend, "model", None)
         if isinstance(model, str) and Path(model).is_dir():
@@ -208,26 +189,25 @@ class LoraTrainer(SFTTrainer):
             return str(target.resolve())
         return model if isinstance(model, str) else None
 
-    def prepare_model(self, run: Run, backend: Any) -> None:
-        from rung_lora.adapters import count_parameters, wrap_lora
-
-        import torch
-
+    def prepare_model(self, run: RunContext, backend: Any) -> None:
+        if not callable(getattr(backend, "adapters", None)):
+            raise ConfigError(f"trainer 'lora': backend '{run.config.backend.name}' cannot carry LoRA adapters "
+                              "(it has no adapters()); use torch, hf or jax")
+        self.adapters = backend.adapters()
+        spec = self.spec(run)
         self.base = self._base_reference(run, backend)
-        with torch.random.fork_rng(devices=[]):  # the adapters' initial weights come from the run's seed
-            torch.manual_seed(run.config.seed)
-            backend.model = wrap_lora(backend.model, self.options)
-        trainable, total = count_parameters(backend.model)
+        self.adapters.add_lora(spec)
+        trainable, total = self.adapters.trainable_parameters()
         run.log(0, {"trainable_params": float(trainable), "total_params": float(total),
                     "trainable_fraction": trainable / max(total, 1)})
 
-    def save(self, run: Run, backend: Any, tokenizer: Any) -> None:
-        from rung_lora.adapters import save_adapter, save_tokenizer
-
-        options = config_to_dict(run.config.backend)
-        save_adapter(backend.model, run.output_dir / "adapter", base=self.base, backend=run.config.backend.name,
-                     backend_options=options, tokenizer=tokenizer, chat_template=self._saved_template())
+    def save(self, run: RunContext, backend: Any, tokenizer: Any) -> None:
+        template = self._saved_template()
+        adapter = run.output_dir / "adapter"
+        self.adapters.save_adapter(adapter, base=self.base, backend=run.config.backend.name,
+                                   backend_options=config_to_dict(run.config.backend), chat_template=template)
+        save_tokenizer(tokenizer, adapter, template)
         if self.options.merge:
-            backend.model = backend.model.merge_and_unload()
+            self.adapters.merge_adapter()
             backend.save(run.output_dir / "model")
-            save_tokenizer(tokenizer, run.output_dir / "model", self._saved_template())
+            save_tokenizer(tokenizer, run.output_dir / "model", template)

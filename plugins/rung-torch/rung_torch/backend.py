@@ -90,6 +90,12 @@ class TorchBackend(BaseBackend):
 
         return TorchEngine(self.model, self.options, device=self.device, precision=self.precision)
 
+    def adapters(self):
+        """LoRA adapters on `self.model` (`rung.interfaces.Adapters`, through peft)."""
+        from rung_torch.adapters import PeftAdapters
+
+        return PeftAdapters(self)
+
     def save(self, directory: str | Path) -> None:
         """Weights (model.safetensors), config.json and the tokenizer, as transformers reads them."""
         from rung_torch.weights import save_weights

@@ -30,18 +30,12 @@ def unwrap(model: Any) -> Any:
 
 
 def load_adapter_option(backend: Any, adapter: str) -> None:
-    """Apply a backend's `adapter:` option: a PEFT adapter merged into `backend.model`.
-
-    The loader lives in rung-lora (which writes those adapters); without it this is a clear error.
-    """
+    """Apply a backend's `adapter:` option: a PEFT adapter merged into `backend.model`."""
     from pathlib import Path
 
     from rung.errors import ConfigError
+    from rung_torch.adapters import PeftAdapters
 
     if not Path(adapter, "adapter_config.json").is_file():
         raise ConfigError(f"backend.adapter: '{adapter}' is not a PEFT adapter directory (no adapter_config.json)")
-    try:
-        from rung_lora import load_adapter
-    except ImportError:
-        raise ConfigError("backend.adapter needs the rung-lora plugin: pip install rung-lora") from None
-    load_adapter(backend, adapter, merge=True)
+    PeftAdapters(backend).load_adapter(adapter, merge=True)

@@ -1,9 +1,16 @@
-"""LoRA through peft: default target modules per architecture, QLoRA, saving, loading, merging."""
+"""LoRA adapters on torch models through peft: `backend.adapters()` of the torch and hf backends.
+
+`PeftAdapters(backend)` is rung-torch's implementation of `rung.interfaces.Adapters`: default
+target modules per architecture, LoRA / DoRA / rsLoRA / QLoRA through peft, saving in the PEFT
+format (`adapter_model.safetensors`, `adapter_config.json`) with rung's note beside it
+(`rung_adapter.json`: base, backend, options, chat template), loading and merging. It works on
+`backend.model` as it is (rung's `Transformer` or any transformers model), replacing it with
+the peft wrapper, so the backend's engine then trains only the adapters.
+"""
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +18,9 @@ import torch
 from torch import nn
 
 from rung.errors import RungError
+from rung.interfaces import ADAPTER_NOTE
+from rung.records import LoraSpec
 
-SIDECAR = "rung_adapter.json"  # where rung notes the base model, backend and chat template
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "chat_template.jinja", "vocab.json", "merges.txt", "tokenizer.model")
 OUTPUT_HEADS = ("lm_head", "output", "embed_out", "score")
 
 # Architectures whose attention projections go by these names (checked in this order).
@@ -26,6 +32,54 @@ ATTENTION_NAMES: list[tuple[str, ...]] = [
     ("Wqkv", "out_proj"),  # MPT / Phi-2 style
     ("q", "k", "v", "o"),  # T5
 ]
+
+
+class PeftAdapters:
+    """`rung.interfaces.Adapters` for a backend whose `.model` is a torch causal LM."""
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+
+    def add_lora(self, spec: LoraSpec) -> None:
+        with torch.random.fork_rng(devices=[]):  # the adapters' initial weights come from spec.seed
+            torch.manual_seed(spec.seed)
+            self.backend.model = wrap_lora(self.backend.model, spec)
+
+    def trainable_parameters(self) -> tuple[int, int]:
+        return count_parameters(self.backend.model)
+
+    def save_adapter(self, directory: str | Path, **note: Any) -> None:
+        model = self.backend.model
+        if not hasattr(model, "peft_config"):
+            raise RungError("the model has no LoRA adapters to save")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        for config in model.peft_config.values():
+            config.base_model_name_or_path = note.get("base")
+        # The vocabulary is never resized here, so embeddings are saved only as modules_to_save.
+        model.save_pretrained(str(directory), safe_serialization=True, save_embedding_layers=False)
+        (directory / ADAPTER_NOTE).write_text(json.dumps(note, indent=2), encoding="utf-8")
+
+    def load_adapter(self, directory: str | Path, merge: bool = True) -> None:
+        from peft import PeftModel
+
+        if not Path(directory, "adapter_config.json").is_file():
+            raise RungError(f"{directory}: no adapter_config.json here; is it a PEFT adapter directory?")
+        model = PeftModel.from_pretrained(self.backend.model, str(directory), is_trainable=False)
+        self.backend.model = model
+        if merge:
+            self.merge_adapter()
+        self.backend.model.eval()
+
+    def merge_adapter(self) -> None:
+        model = self.backend.model
+        if not hasattr(model, "merge_and_unload"):
+            raise RungError("the model has no LoRA adapters to merge")
+        merged = model.merge_and_unload()
+        # peft folds the update in through `weight.data`, which leaves the tensors' version
+        # counters as they were: drop generation's flattened copy of the old weights.
+        merged.__dict__.pop("_rung_fast_forward", None)
+        self.backend.model = merged
 
 
 def _linear_like(module: nn.Module) -> bool:
@@ -44,10 +98,10 @@ def linear_names(model: nn.Module) -> set[str]:
     return names
 
 
-def default_targets(model: nn.Module, choice: str | list[str] = "auto") -> list[str]:
+def default_targets(model: nn.Module, choice: str | list[str] | tuple[str, ...] = "auto") -> list[str]:
     """The modules LoRA wraps: named, all linear layers, or the attention projections found."""
     present = linear_names(model)
-    if isinstance(choice, list):
+    if isinstance(choice, (list, tuple)):
         missing = [name for name in choice if name not in present]
         if missing:
             raise RungError(f"trainer.target_modules: no linear layer named {', '.join(missing)}; "
@@ -72,15 +126,22 @@ def default_targets(model: nn.Module, choice: str | list[str] = "auto") -> list[
     return sorted(present)
 
 
-def quantize_4bit(model: nn.Module) -> nn.Module:
-    """QLoRA: the base's linear layers in 4-bit NF4 through bitsandbytes (CUDA only)."""
+def require_qlora() -> None:
+    """QLoRA's requirements, checked before anything is read or built."""
     if not torch.cuda.is_available():
         raise RungError("trainer.qlora: QLoRA needs a CUDA GPU (bitsandbytes 4-bit kernels) and this "
                         "machine has none; set trainer.qlora=false to train LoRA on full-precision weights")
     try:
-        import bitsandbytes as bnb
+        import bitsandbytes  # noqa: F401
     except ImportError:
-        raise RungError("trainer.qlora needs bitsandbytes: pip install 'rung-lora[qlora]'") from None
+        raise RungError("trainer.qlora needs bitsandbytes: pip install 'rung-torch[qlora]'") from None
+
+
+def quantize_4bit(model: nn.Module) -> nn.Module:
+    """QLoRA: the base's linear layers in 4-bit NF4 through bitsandbytes (CUDA only)."""
+    require_qlora()
+    import bitsandbytes as bnb
+
     if getattr(model, "is_loaded_in_4bit", False):
         return model  # the backend loaded it quantized already
     compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -99,28 +160,33 @@ def quantize_4bit(model: nn.Module) -> nn.Module:
     return model
 
 
-def wrap_lora(model: nn.Module, options: Any) -> Any:
+def wrap_lora(model: nn.Module, spec: LoraSpec) -> Any:
     """The model with LoRA adapters (peft), only the adapters (and modules_to_save) trainable."""
-    from peft import LoraConfig, get_peft_model
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise RungError("LoRA on torch models needs peft: pip install peft") from None
 
-    if options.qlora:
+    if spec.qlora:
         from peft import prepare_model_for_kbit_training
 
         model = quantize_4bit(model)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    targets = default_targets(model, options.target_modules)
+    targets = default_targets(model, spec.target_modules)
     conv1d = any(type(m).__name__ == "Conv1D" and name.rsplit(".", 1)[-1] in targets
                  for name, m in model.named_modules())  # GPT-2 stores its weights transposed
     config = LoraConfig(
-        r=options.r,
-        lora_alpha=options.alpha if options.alpha is not None else 2 * options.r,
-        lora_dropout=options.dropout,
+        r=spec.r,
+        lora_alpha=spec.scale_alpha,
+        lora_dropout=spec.dropout,
         target_modules=targets,
-        modules_to_save=list(options.modules_to_save) or None,
-        use_dora=options.use_dora,
-        use_rslora=options.use_rslora,
+        modules_to_save=list(spec.modules_to_save) or None,
+        use_dora=spec.dora,
+        use_rslora=spec.rslora,
         bias="none",
         fan_in_fan_out=conv1d,
+        # None for rung's own model: PeftModel then wraps it and transformers' Llama alike
+        # ("CAUSAL_LM" needs transformers' generation methods).
         task_type="CAUSAL_LM" if _is_hf_causal_lm(model) else None,
     )
     return get_peft_model(model, config)
@@ -139,56 +205,3 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total
-
-
-def save_adapter(model: Any, directory: Path, *, base: str | None, backend: str, backend_options: dict,
-                 tokenizer: Any = None, chat_template: str | None = None) -> None:
-    """PEFT format (adapter_model.safetensors + adapter_config.json) and rung's notes beside it."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for config in model.peft_config.values():
-        config.base_model_name_or_path = base
-    # The vocabulary is never resized here, so embeddings are saved only as modules_to_save.
-    model.save_pretrained(str(directory), safe_serialization=True, save_embedding_layers=False)
-    save_tokenizer(tokenizer, directory, chat_template)
-    note = {"base": base, "backend": backend, "backend_options": backend_options,
-            "chat_template": chat_template}
-    (directory / SIDECAR).write_text(json.dumps(note, indent=2), encoding="utf-8")
-
-
-def save_tokenizer(tokenizer: Any, directory: Path, chat_template: str | None) -> None:
-    """The tokenizer (when it can save itself) and rung's chat template, if one was used."""
-    if tokenizer is not None and hasattr(tokenizer, "save") and not (directory / "tokenizer.json").exists():
-        try:
-            tokenizer.save(directory)
-        except Exception:  # noqa: BLE001 - a tokenizer that cannot save is not fatal here
-            pass
-    if chat_template:
-        (directory / "chat_template.jinja").write_text(chat_template, encoding="utf-8")
-
-
-def read_sidecar(adapter_dir: str | Path) -> dict[str, Any]:
-    path = Path(adapter_dir)
-    if not (path / "adapter_config.json").is_file():
-        raise RungError(f"{adapter_dir}: no adapter_config.json here; is it a PEFT adapter directory?")
-    note = path / SIDECAR
-    return json.loads(note.read_text(encoding="utf-8")) if note.is_file() else {}
-
-
-def load_adapter(backend: Any, adapter_dir: str | Path, merge: bool = True) -> Any:
-    """Put a saved adapter on `backend.model` (merged into its weights unless merge=False)."""
-    from peft import PeftModel
-
-    read_sidecar(adapter_dir)
-    base = backend.model
-    model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)
-    if merge:
-        model = model.merge_and_unload()
-    model.eval()
-    backend.model = model
-    return model
-
-
-def copy_tokenizer_files(source: Path, target: Path) -> None:
-    for name in TOKENIZER_FILES:
-        if (source / name).is_file() and not (target / name).exists():
-            shutil.copy2(source / name, target / name)
