@@ -209,7 +209,10 @@ Evaluator = Callable[[Any], Mapping[str, float]]
 
 @runtime_checkable
 class Engine(Protocol):
-    """The loop mechanics of one framework: device, precision, checkpoints, metrics."""
+    """One framework's side of training: device, precision, the step, checkpoints, evaluation.
+
+    The loop's bookkeeping is the core's (`rung.loop.fit_loop`); an engine supplies the rest.
+    """
 
     framework: str
 
@@ -221,7 +224,12 @@ class Engine(Protocol):
         run: RunContext,
         evaluate: Evaluator | None = None,
     ) -> TrainResult:
-        """Train `options.steps` optimizer steps of `objective`, resuming as options say."""
+        """Train `options.steps` optimizer steps of `objective`, resuming as options say;
+        `evaluate` runs every `eval_every` steps and at the end."""
+
+    def evaluate(self, evaluator: Evaluator) -> Mapping[str, float]:
+        """`evaluator(model)` in the evaluation context (eval mode, no gradients, the current
+        weights), as `fit` runs it: e.g. an evaluation before training starts."""
 
 
 @runtime_checkable

@@ -30,6 +30,10 @@ class TrainingOptions(Options):
         "auto", description="'auto': continue from the latest checkpoint; 'never'; or a path"
     )
 
+    def learning_rate_at(self, step: int) -> float:
+        """The rate of optimizer step `step` (0-based): what the loop logs and the engine applies."""
+        return warmup_cosine(step, self.learning_rate, self.steps, self.warmup_steps, self.min_lr_ratio)
+
 
 def warmup_cosine(step: int, peak: float, steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.1) -> float:
     """The learning rate of optimizer step `step` (0-based) under every engine's schedule.

@@ -59,7 +59,7 @@ def sharded(out: Path) -> None:
     (out / "results.json").write_text(json.dumps(results))
 
 
-def train(out: Path, steps: int, save_every: int, hang_at: int | None, nan_at: int | None = None) -> None:
+def train(out: Path, steps: int, save_every: int, hang_at: int | None) -> None:
     """Train `steps` steps with checkpoints; with `hang_at`, block once that many batches were taken."""
     from rung_jax.engine import JaxEngine
     from rung_jax.objectives import next_token_loss
@@ -67,7 +67,7 @@ def train(out: Path, steps: int, save_every: int, hang_at: int | None, nan_at: i
 
     out.mkdir(parents=True, exist_ok=True)
     run = FileRun(out)
-    stream = HangingStream(VOCAB, BATCH, SEQ, hang_at=hang_at, nan_at=nan_at)
+    stream = HangingStream(VOCAB, BATCH, SEQ, hang_at=hang_at)
     model = _model()
     JaxEngine(model, precision="fp32").fit(
         next_token_loss, stream, _options(steps=steps, save_every=save_every, resume="auto"), run)
@@ -140,7 +140,6 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--save-every", type=int, default=2)
     parser.add_argument("--hang-at", type=int, default=None)
-    parser.add_argument("--nan-at", type=int, default=None)
     parser.add_argument("--process-id", type=int, default=0)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--port", type=int, default=12355)
@@ -153,7 +152,7 @@ def main(argv: list[str]) -> None:
     elif args.command == "concatenated":
         concatenated(args.out, args.processes)
     else:
-        train(args.out, args.steps, args.save_every, args.hang_at, args.nan_at)
+        train(args.out, args.steps, args.save_every, args.hang_at)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,8 @@
-"""The jax engine: sharded steps equal unsharded ones, and a killed run resumes on the same losses."""
+"""The jax engine across devices and processes: sharded steps equal unsharded ones, a killed
+run resumes on the same losses, several JAX processes equal one.
+
+What every engine must do is tested on both in tests/engines/test_engine_contract.py.
+"""
 
 from __future__ import annotations
 
@@ -42,10 +46,8 @@ def test_run_killed_and_resumed_gives_the_same_losses(jax_env, tmp_path):
                              str(steps), "--save-every", str(save_every), "--hang-at", str(3 * accum)],
                             env=jax_env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 600
         while not (killed / "losses.jsonl").is_file() or len(read_losses(killed)) < 3:
             assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-            assert time.monotonic() < deadline
             time.sleep(0.2)
     finally:
         os.kill(proc.pid, signal.SIGKILL)
@@ -59,27 +61,10 @@ def test_run_killed_and_resumed_gives_the_same_losses(jax_env, tmp_path):
     assert sorted(got) == list(range(1, steps + 1))
     for step in range(1, steps + 1):
         assert got[step] == expected[step], (step, got[step], expected[step])
-    # ... and ends on the same weights; run again, it only hands the last checkpoint's weights back
-    (killed / "final.npz").rename(killed / "resumed.npz")
-    logged = (killed / "losses.jsonl").read_text()
-    run_script(jax_env, "train", str(killed), "--steps", str(steps), "--save-every", str(save_every))
-    assert (killed / "losses.jsonl").read_text() == logged  # nothing was trained again
-    whole_w = np.load(whole / "final.npz")
-    for name in ("resumed.npz", "final.npz"):
-        other = np.load(killed / name)
-        for key in whole_w.files:
-            np.testing.assert_array_equal(other[key], whole_w[key], err_msg=f"{name}: {key}")
-
-
-def test_nan_loss_stops_the_run_naming_the_last_good_checkpoint(jax_env, tmp_path):
-    # batches 4 and 5 make step 3 (grad_accum 2); batch 4 has labels outside the vocabulary
-    proc = run_script(jax_env, "train", str(tmp_path), "--steps", "6", "--save-every", "2", "--nan-at", "4",
-                      check=False)
-    assert proc.returncode != 0
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("rung.errors.RungError: loss became nan at step 3"), proc.stderr[-2000:]
-    assert str(tmp_path / "checkpoints" / "2") in last
-    assert sorted(read_losses(tmp_path)) == [1, 2]
+    # ... and ends on the same weights
+    whole_w, resumed_w = np.load(whole / "final.npz"), np.load(killed / "final.npz")
+    for key in whole_w.files:
+        np.testing.assert_array_equal(resumed_w[key], whole_w[key], err_msg=key)
 
 
 @pytest.mark.skipif(not os.environ.get("RUNG_TEST_MULTIHOST"), reason="set RUNG_TEST_MULTIHOST=1 (two JAX processes)")

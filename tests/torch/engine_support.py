@@ -50,71 +50,31 @@ class CountingTokens:
         self.index = int(state["index"])
 
 
-def forward(model, input_ids):
-    try:
-        from rung_torch.modeling import forward_logits
-    except ImportError:  # the model helper's module not there yet
-        out = model(input_ids)
-        return out if torch.is_tensor(out) else out.logits
-    return forward_logits(model, input_ids)
-
-
 def objective(model, batch):
     """Next-token cross-entropy, plus accuracy as an extra metric."""
+    from rung_torch.modeling import forward_logits
+
     ids = batch["input_ids"]
-    logits = forward(model, ids[:, :-1])
+    logits = forward_logits(model, ids[:, :-1])
     target = ids[:, 1:]
     loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1))
     accuracy = (logits.argmax(-1) == target).float().mean()
     return loss, {"accuracy": accuracy}
 
 
-class TinyLM(torch.nn.Module):
-    """A stand-in with the rung model's shape of names, for when the model is not there."""
-
-    def __init__(self, vocab: int = VOCAB, dim: int = 32) -> None:
-        super().__init__()
-        self.model = torch.nn.Module()
-        self.model.embed_tokens = torch.nn.Embedding(vocab, dim)
-        self.model.layers = torch.nn.ModuleList(torch.nn.Linear(dim, dim) for _ in range(2))
-        self.model.norm = torch.nn.LayerNorm(dim)
-        self.lm_head = torch.nn.Linear(dim, vocab, bias=False)
-
-    def forward(self, input_ids):
-        x = self.model.embed_tokens(input_ids)
-        for layer in self.model.layers:
-            x = x + torch.tanh(layer(x))
-        return self.lm_head(self.model.norm(x))
-
-
-def make_model(seed: int = 0) -> torch.nn.Module:
-    """rung's Transformer on the "test" preset (vocab 64), or TinyLM before it exists."""
-    torch.manual_seed(seed)
-    try:
-        from rung_torch.model import Transformer
-    except ImportError:
-        return TinyLM()
+def make_model(seed: int = 0, **architecture) -> torch.nn.Module:
+    """rung's Transformer on the "test" preset (vocab 64); a broken model fails the tests."""
     from rung.model_config import preset
+    from rung_torch.model import Transformer
 
-    config = preset("test", vocab_size=VOCAB, max_seq_len=64)
-    try:
-        return Transformer(config, seed=seed)
-    except TypeError:
-        return Transformer(config)
+    return Transformer(preset("test", vocab_size=VOCAB, max_seq_len=64, **architecture), seed=seed)
 
 
 def backend_options(**overrides):
-    """The backend options the engine reads (TorchOptions when the plugin has them)."""
-    try:
-        from rung_torch.options import TorchOptions as Opts
-    except ImportError:
-        from rung.model_config import LocalModelOptions as Opts
-    fields = {"model": "test", "device": "cpu", "precision": "fp32", **overrides}
-    extra = {k: fields.pop(k) for k in list(fields) if k not in Opts.model_fields}
-    options = Opts(**fields)
-    for key, value in extra.items():  # fields the options model does not have (yet)
-        object.__setattr__(options, key, value)
-    return options
+    """The backend options the engine reads."""
+    from rung_torch.options import TorchOptions
+
+    return TorchOptions(**{"model": "test", "device": "cpu", "precision": "fp32", **overrides})
 
 
 def make_run(output_dir, seed: int = 0, sinks=("jsonl",)):

@@ -42,7 +42,8 @@ def main() -> None:
 
         def hanging_fsync(path):
             fsync(path)
-            if path.parent.name.startswith(f".tmp-step-{int(hang_in_save):08d}") and path.name == "optimizer.safetensors":
+            in_save = path.parent.name.startswith(f".tmp-step-{int(hang_in_save):08d}")
+            if in_save and path.name == "optimizer.safetensors":
                 Path(os.environ["ENGINE_TEST_MARKER"]).write_text("in save")
                 while True:
                     time.sleep(1)

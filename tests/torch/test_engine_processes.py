@@ -124,7 +124,7 @@ def test_torchrun_two_cpu_processes_match_one_process(tmp_path):
         # rank 0 alone wrote: one final checkpoint, whole (not sharded) tensors, both data positions
         path = out / strategy / "checkpoints/step-00000004"
         state = ckpt.read_state(path)
-        assert state["world_size"] == 2 and state["data"] == [{"index": 4}, {"index": 4}]
+        assert state["world_size"] == 2 and state["loop"]["data"] == [{"index": 4}, {"index": 4}]
         with safe_open(str(path / "model.safetensors"), "pt") as f:
             assert {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()} == {
                 k: tuple(v.shape) for k, v in reference.items()}

@@ -1,12 +1,11 @@
-"""`TorchEngine`: the training loop every torch trainer (pretrain, sft, lora, rlhf) runs on."""
+"""`TorchEngine`: torch's step, checkpoints and evaluation context under the core's loop (`rung.loop`)."""
 
 from __future__ import annotations
 
 import contextlib
 import math
 import random
-import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,21 +13,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from rung.console import progress
 from rung.errors import RungError
+from rung.loop import Resumed, StepOutput, fit_loop, run_evaluator
 from rung.records import TrainResult
+from rung_torch.device import resolve_device, resolve_precision
 from rung_torch.engine import checkpoint as ckpt
 from rung_torch.engine import distributed as dist_
-from rung_torch.engine.metrics import (
-    Throughput,
-    device_peak_flops,
-    flops_per_token,
-    mfu,
-    peak_memory_mb,
-    unwrap,
-)
-from rung_torch.engine.optim import CosineSchedule, build_optimizer
-from rung_torch.device import resolve_device, resolve_precision
+from rung_torch.engine.metrics import device_peak_flops, flops_per_token, peak_memory_mb, unwrap
+from rung_torch.engine.optim import build_optimizer
 from rung_torch.engine.precision import Precision
 
 
@@ -40,6 +32,9 @@ class TorchEngine:
     `distributed` (auto/ddp/fsdp/none). `device` and `precision` arguments override them.
     Under `torchrun` the engine joins the process group when it is built, so `rank` and
     `world_size` are known before the trainer builds its batch stream.
+
+    The loop's bookkeeping is the core's (`rung.loop.fit_loop`); this file holds torch's
+    side of it: the step, checkpoints, and the evaluation context.
     """
 
     framework = "torch"
@@ -55,6 +50,8 @@ class TorchEngine:
         self.activation_checkpointing = bool(getattr(options, "activation_checkpointing", False))
         self.strategy = dist_.strategy(getattr(options, "distributed", "auto"), self.world_size)
         self.model = model
+        self._module: nn.Module | None = None  # what the last fit trained (FSDP: the sharded model)
+        self._steps: _TorchSteps | None = None  # the fit in progress
 
     # ------------------------------------------------------------------ public
 
@@ -64,11 +61,30 @@ class TorchEngine:
 
     def fit(self, objective, batches, options, run, evaluate=None) -> TrainResult:
         """Train `options.steps` optimizer steps of `objective`, resuming as `options.resume` says."""
-        fit = _Fit(self, objective, batches, options, run, evaluate)
         self._module = None
-        result = fit.run()
-        self._module = fit.module
+        self._steps = steps = _TorchSteps(self, objective, options, run)
+        try:
+            result = fit_loop(steps, batches, options, run, evaluate)
+        finally:
+            self._steps = None
+        self._module = steps.module
         return result
+
+    @contextlib.contextmanager
+    def evaluation(self) -> Iterator[nn.Module]:
+        """The model in eval mode, without gradients, in the training precision's autocast."""
+        model = self.model
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), self.amp.autocast():
+                yield model
+        finally:
+            model.train(was_training)
+
+    def evaluate(self, evaluator) -> dict[str, float]:
+        """`evaluator(model)` in the evaluation context (as `fit` runs it every `eval_every`)."""
+        return run_evaluator(self.evaluation(), evaluator)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The model's whole state dict on the CPU, also after FSDP sharded it.
@@ -76,13 +92,11 @@ class TorchEngine:
         Under FSDP every rank must call it (it gathers the shards); a backend saves what rank 0
         gets. Without FSDP it is `model.state_dict()` on the CPU.
         """
-        if self.strategy == "fsdp" and getattr(self, "_module", None) is not None:
+        if self.strategy == "fsdp" and self._module is not None:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
             return get_model_state_dict(self._module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return {k: v.detach().cpu() for k, v in unwrap(self.model).state_dict().items()}
-
-    # ------------------------------------------------------------------ helpers for _Fit
 
     def prepare_model(self) -> nn.Module:
         """Move to the device, fp32 trainable weights, checkpointing, wrap, compile."""
@@ -108,117 +122,66 @@ class TorchEngine:
         return wrapped
 
 
-class _Fit:
-    """One call of `TorchEngine.fit`: the state of a training run."""
+class _TorchSteps:
+    """torch's half of one `fit` (`rung.loop.StepEngine`): the step, checkpoints, evaluation."""
 
-    def __init__(self, engine: TorchEngine, objective, batches, options, run, evaluate) -> None:
-        self.engine, self.objective, self.batches = engine, objective, batches
-        self.opts, self.run_, self.evaluate = options, run, evaluate
+    def __init__(self, engine: TorchEngine, objective, options, run) -> None:
+        self.engine, self.objective, self.opts, self.run_ = engine, objective, options, run
         self.device, self.rank, self.world = engine.device, engine.rank, engine.world_size
+        self.is_main = engine.is_main
         self.checkpoints = ckpt.CheckpointDir(Path(run.output_dir) / "checkpoints", options.keep_checkpoints)
-        self.last_checkpoint: str | None = None
-        self.metrics: dict[str, float] = {}
-        self.final_loss: float | None = None
-        self.tokens_seen = 0
+        self.module: nn.Module | None = None
 
-    # ------------------------------------------------------------------ setup
+    def prepare(self) -> None:
+        seed_everything(int(getattr(self.run_, "seed", 0) or 0))
+        self.module = self.engine.prepare_model()
+        self.params = [p for p in self.engine.model.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(self.engine.model, self.opts, self.device)
+        self.scaler = self.engine.amp.scaler()
 
-    def run(self) -> TrainResult:
-        opts, engine = self.opts, self.engine
-        seed_everything(int(getattr(self.run_.config, "seed", 0) or 0))
-        self.module = engine.prepare_model()
-        self.params = [p for p in engine.model.parameters() if p.requires_grad]
-        self.optimizer = build_optimizer(engine.model, opts, self.device)
-        self.schedule = CosineSchedule.from_options(opts)
-        self.scaler = engine.amp.scaler()
-        step = self.resume()
-        if step >= opts.steps:
-            return self.result(step)
-        seq_len = None
-        flops_token: float | None = None
-        peak = device_peak_flops(self.device, engine.precision)
-        throughput = Throughput()
-        accum = opts.grad_accum_steps
+    # ------------------------------------------------------------------ the step
+
+    def train_step(self, batches, lr: float):
+        engine, accum = self.engine, len(batches)
+        for group in self.optimizer.param_groups:  # the loop's rate, exactly: what it logs
+            group["lr"] = lr
         ddp, fsdp = engine.strategy == "ddp", engine.strategy == "fsdp"
-        with progress(opts.steps, "training", unit="steps", start=step, enabled=engine.is_main) as bar:
-            while step < opts.steps:
-                started = time.perf_counter()
-                lr = self.schedule.apply(self.optimizer, step)
-                loss_sum = torch.zeros((), device=self.device, dtype=torch.float32)
-                extra: dict[str, Any] = {}
-                tokens = 0
-                for micro in range(accum):
-                    try:
-                        raw = next(self.batches)
-                    except StopIteration:
-                        raise RungError(f"the batch stream ran out at step {step + 1} of {opts.steps}; "
-                                        "a trainer's stream must be endless") from None
-                    batch = to_device(raw, self.device)
-                    ids = batch.get("input_ids")
-                    if torch.is_tensor(ids):
-                        tokens += ids.numel()
-                        seq_len = ids.shape[-1]
-                    last = micro == accum - 1
-                    no_sync = self.module.no_sync() if ddp and not last else contextlib.nullcontext()
-                    if fsdp and accum > 1:  # reduce-scatter gradients on the last micro-batch only
-                        self.module.set_requires_gradient_sync(last)
-                    with no_sync:
-                        with engine.amp.autocast():
-                            loss, metrics = self.objective(self.module, batch)
-                        loss = loss.float()
-                        scaled = loss / accum
-                        (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-                    loss_sum += loss.detach()
-                    for key, value in (metrics or {}).items():
-                        value = value.detach().float() if torch.is_tensor(value) else float(value)
-                        extra[key] = extra.get(key, 0.0) + value
-                stats = torch.stack([loss_sum / accum, torch.tensor(float(tokens), device=self.device)])
-                stats = dist_.all_sum(stats.double())
-                loss_value = float(stats[0]) / self.world
-                step_tokens = int(stats[1])
-                if not math.isfinite(loss_value):
-                    self.stop("loss", loss_value, step + 1)
-                grad_norm = self.clip()
-                if not math.isfinite(grad_norm) and self.scaler is None:
-                    self.stop("gradient norm", grad_norm, step + 1)
-                if self.scaler is not None:
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                else:
-                    self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                step += 1
-                self.final_loss = loss_value
-                self.tokens_seen += step_tokens
-                throughput.add(step_tokens, time.perf_counter() - started)
-
-                logged: dict[str, float] = {}
-                if step % opts.log_every == 0 or step == opts.steps:
-                    if flops_token is None and seq_len:
-                        flops_token = flops_per_token(engine.model, seq_len)
-                    n_tokens, seconds = throughput.take()
-                    tps = n_tokens / seconds if seconds > 0 else 0.0
-                    logged = {"loss": loss_value, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tps}
-                    util = mfu(tps, flops_token or 0.0, peak, self.world)
-                    if util is not None:
-                        logged["mfu"] = util
-                    logged["peak_mem_mb"] = peak_memory_mb(self.device)
-                    logged["tokens"] = float(self.tokens_seen)
-                    for key, value in extra.items():
-                        logged[key] = float(value) / accum
-                if self.evaluate is not None and (
-                    (opts.eval_every and step % opts.eval_every == 0) or step == opts.steps
-                ):
-                    logged.update(self.run_evaluate())
-                if logged:
-                    self.metrics.update(logged)
-                    if engine.is_main:
-                        self.run_.log(step, logged)
-                if engine.is_main:
-                    bar.update(completed=step, info=f"loss {loss_value:.4f}")
-                if (opts.save_every and step % opts.save_every == 0) or step == opts.steps:
-                    self.save(step)
-        return self.result(step)
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float32)
+        extra: dict[str, Any] = {}
+        tokens = 0
+        for micro, raw in enumerate(batches):
+            batch = to_device(raw, self.device)
+            ids = batch.get("input_ids")
+            if torch.is_tensor(ids):
+                tokens += ids.numel()
+            last = micro == accum - 1
+            no_sync = self.module.no_sync() if ddp and not last else contextlib.nullcontext()
+            if fsdp and accum > 1:  # reduce-scatter gradients on the last micro-batch only
+                self.module.set_requires_gradient_sync(last)
+            with no_sync:
+                with engine.amp.autocast():
+                    loss, metrics = self.objective(self.module, batch)
+                loss = loss.float()
+                scaled = loss / accum
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            loss_sum += loss.detach()
+            for key, value in (metrics or {}).items():
+                value = value.detach().float() if torch.is_tensor(value) else float(value)
+                extra[key] = extra.get(key, 0.0) + value
+        stats = dist_.all_sum(torch.stack([loss_sum / accum, torch.tensor(float(tokens), device=self.device)]).double())
+        out = StepOutput(loss=float(stats[0]) / self.world, grad_norm=float("nan"), tokens=int(stats[1]),
+                         metrics={key: float(value) / accum for key, value in extra.items()})
+        # Every rank agrees on the loss (all-reduced) and the norm, so all take the same branch.
+        if math.isfinite(out.loss):
+            out.grad_norm = self.clip()
+            out.overflow = self.scaler is not None and not math.isfinite(out.grad_norm)
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)  # skips the update on inf gradients
+                self.scaler.update()
+            elif math.isfinite(out.grad_norm):
+                self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return lambda: out  # torch reads its numbers at once: it needs them before the update
 
     def clip(self) -> float:
         if self.scaler is not None:
@@ -229,76 +192,69 @@ class _Fit:
             norm = norm.full_tensor()
         return float(norm)
 
-    def stop(self, what: str, value: float, step: int) -> None:
-        where = (f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint
-                 else "no checkpoint was written")
-        raise RungError(f"{what} became {value} at step {step}; {where}")
+    def evaluation(self):
+        return self.engine.evaluation()
 
-    def run_evaluate(self) -> dict[str, float]:
-        model = self.engine.model
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad(), self.engine.amp.autocast():
-                out = self.evaluate(model) or {}
-        finally:
-            model.train(was_training)
-        return {key: float(value) for key, value in out.items()}
-
-    def result(self, step: int) -> TrainResult:
-        metrics = {k: float(v) for k, v in self.metrics.items() if isinstance(v, (int, float))}
-        return TrainResult(steps=step, output_dir=str(self.run_.output_dir), final_loss=self.final_loss,
-                           metrics=metrics, checkpoint=self.last_checkpoint)
-
-    # ------------------------------------------------------------------ checkpoints
-
-    def save(self, step: int) -> None:
+    def weights_finite(self) -> bool:
         finite = torch.tensor(
             [float(all(bool(torch.isfinite(_local(p)).all()) for p in self.params))], device=self.device
         )
-        if float(dist_.all_sum(finite)) < self.world:
-            self.stop("a weight", float("nan"), step)
+        return float(dist_.all_sum(finite)) == self.world
+
+    def gather(self, value: Any) -> list[Any]:
+        return dist_.all_gather_json(value)
+
+    def flops_per_token(self, seq_len: int) -> float | None:
+        return flops_per_token(self.engine.model, seq_len)
+
+    def peak_flops(self) -> float | None:
+        peak = device_peak_flops(self.device, self.engine.precision)
+        return peak * self.world if peak else None
+
+    def peak_memory_mb(self) -> float:
+        return peak_memory_mb(self.device)
+
+    def finish(self) -> None:
+        pass  # the model was trained in place
+
+    def close(self) -> None:
+        pass
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save(self, step: int, state: dict[str, Any]) -> Path:
         model_sd, optim_sd = full_state(self.module, self.optimizer, self.engine.strategy == "fsdp")
         rng_tensors, rng_json = ckpt.rng_state(self.device)
         per_rank = dist_.all_gather_json(
-            {"rng": rng_json, "rng_tensors": {k: v.tolist() for k, v in rng_tensors.items()},
-             "data": self.batches.state_dict()}
-        )
+            {"rng": rng_json, "rng_tensors": {k: v.tolist() for k, v in rng_tensors.items()}})
         path = self.checkpoints.root / ckpt.step_dir_name(step)
-        if self.engine.is_main:
+        if self.is_main:
             optim_tensors, optim_meta = ckpt.flatten_optimizer(optim_sd)
             rng_out = {
                 f"rank{r}.{name}": torch.tensor(values, dtype=torch.uint8)
                 for r, item in enumerate(per_rank)
                 for name, values in item["rng_tensors"].items()
             }
-            state = {
+            meta = {
                 "world_size": self.world,
                 "precision": self.engine.precision,
-                "schedule": self.schedule.state_dict(),
                 "optimizer": optim_meta,
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "rng": [item["rng"] for item in per_rank],
-                "data": [item["data"] for item in per_rank],
-                "tokens_seen": self.tokens_seen,
-                "final_loss": self.final_loss,
-                "metrics": self.metrics,
+                "loop": state,
             }
-            path = self.checkpoints.save(
-                step, {"model": model_sd, "optimizer": optim_tensors, "rng": rng_out}, state
-            )
-            self.run_.checkpointed(step, path)
-        self.last_checkpoint = str(path)
+            path = self.checkpoints.save(step, {"model": model_sd, "optimizer": optim_tensors, "rng": rng_out}, meta)
         dist_.barrier()
+        return path
 
-    def resume(self) -> int:
-        """Load the checkpoint `options.resume` names; returns the step to continue from."""
+    def resume(self, resume: str) -> Resumed | None:
+        """Load the checkpoint `resume` names into the model, optimizer, scaler and RNGs."""
         found = None
-        if self.engine.is_main:
-            found = ckpt.find_checkpoint(str(self.opts.resume), self.checkpoints.root)
+        if self.is_main:
+            found = ckpt.find_checkpoint(resume, self.checkpoints.root)
         found = dist_.broadcast_json(str(found) if found else None)
         if found is None:
-            return 0
+            return None
         path = Path(found)
         state = ckpt.read_state(path)
         if state.get("world_size", 1) != self.world:
@@ -316,23 +272,16 @@ class _Fit:
                 f"checkpoint {path} does not fit this model ({first[:200]}); "
                 "set trainer.resume: never or use another output_dir"
             ) from None
-        self.schedule.load_state_dict(state.get("schedule", {}))
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         rng = ckpt.load_tensors(path, "rng")
         prefix = f"rank{self.rank}."
         mine = {k[len(prefix):]: v for k, v in rng.items() if k.startswith(prefix)}
         ckpt.set_rng_state(mine, state["rng"][self.rank], self.device)
-        self.batches.load_state_dict(state["data"][self.rank])
-        self.tokens_seen = int(state.get("tokens_seen", 0))
-        self.final_loss = state.get("final_loss")
-        self.metrics = dict(state.get("metrics") or {})
-        self.last_checkpoint = str(path)
-        if self.engine.is_main:
-            from rung.console import get_console
-
-            get_console().print(f"resuming from {path} (step {state['step']})", highlight=False, markup=False)
-        return int(state["step"])
+        # Checkpoints before the shared loop kept its state at the top level.
+        loop_state = state.get("loop") or {k: state[k] for k in ("data", "tokens_seen", "final_loss", "metrics")
+                                          if k in state}
+        return Resumed(step=int(state["step"]), path=str(path), state=loop_state)
 
 
 # ---------------------------------------------------------------------- state dicts

@@ -1,7 +1,8 @@
-"""Throughput, model-FLOPs utilisation and memory.
+"""What the loop needs for model-FLOPs utilisation and memory: FLOPs per token, peaks, memory.
 
-MFU = achieved model FLOPs / the device's peak. Model FLOPs per token come from the model's
-`ModelConfig.flops_per_token(seq)` (6N plus attention) when it has one, else 6 x parameters.
+MFU = achieved model FLOPs / the devices' peak (the core's loop divides). Model FLOPs per token
+come from the model's `ModelConfig.flops_per_token(seq)` (6N plus attention) when it has one,
+else 6 x parameters.
 The peak is a table of dense bf16 tensor-core figures for known GPUs, and on a CPU a bf16 (or
 fp32, without native bf16) matmul measured once per process: what this machine really does.
 """
@@ -139,27 +140,3 @@ def peak_memory_mb(device: torch.device) -> float:
     import sys
 
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024
-
-
-class Throughput:
-    """Tokens and busy seconds since the last report."""
-
-    def __init__(self) -> None:
-        self.tokens = 0
-        self.seconds = 0.0
-
-    def add(self, tokens: int, seconds: float) -> None:
-        self.tokens += tokens
-        self.seconds += seconds
-
-    def take(self) -> tuple[int, float]:
-        out = (self.tokens, self.seconds)
-        self.tokens, self.seconds = 0, 0.0
-        return out
-
-
-def mfu(tokens_per_s: float, flops_token: float, peak: float | None, world_size: int = 1) -> float | None:
-    if not peak:
-        return None
-    return tokens_per_s * flops_token / (peak * world_size)
-
