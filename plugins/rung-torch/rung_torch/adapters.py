@@ -20,6 +20,7 @@ from torch import nn
 from rung.errors import RungError
 from rung.interfaces import ADAPTER_NOTE
 from rung.records import LoraSpec
+from rung_torch.modeling import weights_changed
 
 OUTPUT_HEADS = ("lm_head", "output", "embed_out", "score")
 
@@ -76,9 +77,7 @@ class PeftAdapters:
         if not hasattr(model, "merge_and_unload"):
             raise RungError("the model has no LoRA adapters to merge")
         merged = model.merge_and_unload()
-        # peft folds the update in through `weight.data`, which leaves the tensors' version
-        # counters as they were: drop generation's flattened copy of the old weights.
-        merged.__dict__.pop("_rung_fast_forward", None)
+        weights_changed(merged)  # peft merges through `weight.data`
         self.backend.model = merged
 
 

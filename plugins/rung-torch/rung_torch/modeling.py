@@ -29,6 +29,14 @@ def unwrap(model: Any) -> Any:
         model = inner
 
 
+def weights_changed(model: Any) -> None:
+    """Tell generation that `model`'s weights changed where torch keeps no record: a fused
+    optimizer step or peft's merge (through `weight.data`) leave the tensors' version counters
+    as they were, so `rung_torch.generate` would keep decoding with its flattened copy of the
+    old weights (`FastForward`, cached on the model)."""
+    unwrap(model).__dict__.pop("_rung_fast_forward", None)
+
+
 def load_adapter_option(backend: Any, adapter: str) -> None:
     """Apply a backend's `adapter:` option: a PEFT adapter merged into `backend.model`."""
     from pathlib import Path

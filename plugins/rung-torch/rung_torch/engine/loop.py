@@ -22,6 +22,7 @@ from rung_torch.engine import distributed as dist_
 from rung_torch.engine.metrics import device_peak_flops, flops_per_token, peak_memory_mb, unwrap
 from rung_torch.engine.optim import build_optimizer
 from rung_torch.engine.precision import Precision
+from rung_torch.modeling import weights_changed
 
 
 class TorchEngine:
@@ -181,6 +182,7 @@ class _TorchSteps:
             elif math.isfinite(out.grad_norm):
                 self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        weights_changed(engine.model)  # a fused AdamW step leaves no trace generation could see
         return lambda: out  # torch reads its numbers at once: it needs them before the update
 
     def clip(self) -> float:
