@@ -82,7 +82,7 @@ def pretrained(tmp_path_factory):
 
 
 def test_pretrain_learns_logs_and_saves(pretrained):
-    tmp, _, result = pretrained
+    tmp, corpus, result = pretrained
     run_dir = tmp / "run"
     logged = records(run_dir)
     losses = [r["loss"] for r in logged if "loss" in r]
@@ -100,12 +100,36 @@ def test_pretrain_learns_logs_and_saves(pretrained):
     assert (run_dir / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (run_dir / "samples.txt").read_text(encoding="utf-8").count("----- sample") == 2
 
-    # The saved model loads back, with its tokenizer, and generates.
-    backend = rung.backend("torch", model=str(run_dir / "model"))
+    # The samples follow the weights: those of step 10 are not those of step 30.
+    assert [samples[10][f"sample_{i}"] for i in (0, 1)] != [samples[30][f"sample_{i}"] for i in (0, 1)]
+
+    # The saved model is the trained one, with its tokenizer: it gives the samples logged at
+    # the last step (same prompt, seed and settings) and scores the validation windows as the
+    # run did.
+    import torch
+
+    from rung.objectives import heldout_loss
+    from rung_pretrain import prepare
+    from rung_torch.objectives import token_nll_sum
+
+    backend = rung.backend("torch", model=str(run_dir / "model"), precision="fp32")
     assert backend.tokenizer.vocab_size == 320
-    assert rung.ask(backend, "def ", max_tokens=5).text is not None
-    completion = backend.generate(rung.GenerationRequest(prompt="def ", max_tokens=5))
-    assert completion.usage.completion_tokens >= 1
+    prompts = ["def ", "import "]
+    again = backend.generate_batch([rung.GenerationRequest(prompt=p, raw=True, max_tokens=8, temperature=0.8,
+                                                           top_k=40, seed=i) for i, p in enumerate(prompts)])
+    assert [c.usage.completion_tokens for c in again] == [8, 8]
+    assert [p + c.text for p, c in zip(prompts, again)] == [samples[30]["sample_0"], samples[30]["sample_1"]]
+    windows = prepare(config(tmp, corpus)).validation_batches(batch_size=8, seq_len=32, max_batches=2)
+    with torch.no_grad():
+        scored = heldout_loss(token_nll_sum, windows)(backend.model.eval())
+    assert scored["eval_loss"] == pytest.approx(val[30]["val_loss"], abs=1e-5)
+
+    # It was never trained on chat: it carries no chat template, and a chat request to it is
+    # continued as plain text, exactly as the raw prompt is.
+    saved = json.loads((run_dir / "model" / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert "chat_template" not in saved and not (run_dir / "model" / "chat_template.jinja").exists()
+    raw = backend.generate(rung.GenerationRequest(prompt="import ", raw=True, max_tokens=6, temperature=0))
+    assert rung.ask(backend, "import ", max_tokens=6, temperature=0).text == raw.text
 
 
 def test_resume_continues_the_step_count(pretrained):
@@ -150,12 +174,18 @@ def test_cli_runs_the_same_config_on_jax(pretrained, tmp_path):
     assert "unigram baseline" in done.stderr and "final validation loss" in done.stderr
     logged = records(tmp / "jax")
     assert [r["step"] for r in logged if "val_loss" in r] == [3, 6]
+    # The step-6 samples were generated inside training from the weights of step 6, the
+    # final ones: the same text as the samples printed at the end (same seeds and settings).
+    logged_samples = next(r for r in logged if r["step"] == 6 and "sample_0" in r)
+    printed = (tmp / "jax" / "samples.txt").read_text(encoding="utf-8")
+    for i, prompt in enumerate(["def ", "import "]):
+        assert f"----- sample {i + 1} (prompt {prompt!r}) -----\n{logged_samples[f'sample_{i}']}\n" in printed
     assert (tmp / "jax" / "loss.png").is_file() and (tmp / "jax" / "model" / "model.safetensors").is_file()
 
 
 def test_plot_reads_the_latest_history(tmp_path):
     from rung_pretrain.plot import main as plot_main
-    from rung_pretrain.trainer import read_metrics
+    from rung_pretrain.metrics import read_metrics
 
     lines = [{"step": s, "loss": 5.0 - s / 10} for s in (1, 2, 3, 4)]
     lines += [{"step": 4, "val_loss": 4.5, "unigram_loss": 6.0}, {"step": 4, "sample_0": "def f():"}]

@@ -59,7 +59,7 @@ def _number(value: Any) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rung_pretrain.trainer import read_metrics
+    from rung_pretrain.metrics import read_metrics
 
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
