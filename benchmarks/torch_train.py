@@ -169,8 +169,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     from rung.model_config import preset
+    from rung.hardware import cpu_has_fast_bf16
+    from rung_torch.device import resolve_device, resolve_precision
     from rung_torch.engine.metrics import cpu_peak_flops, device_peak_flops
-    from rung_torch.engine.precision import cpu_has_fast_bf16, resolve_device, resolve_precision
     from rung_torch.model import Transformer
 
     device = resolve_device(args.device)
