@@ -109,3 +109,11 @@ def test_the_same_lora_config_trains_on_each_framework(config_file, framework):
     assert after != before, (before, after)
     served = rung.backend(framework, model=str(out / "model"), device="cpu", precision="fp32")
     assert sampled(served, PROMPTS) == after  # = the merged model the run saved
+
+    # The byte tokenizer had no chat template; the model trained on chatml conversations is
+    # saved with chatml (so it is served in the format it learnt), the preset base with none.
+    from rung.records import Message
+
+    assert served.tokenizer.apply_chat_template([Message("user", "12+34=")]) == PROMPTS[0]
+    assert json.loads((adapter / "tokenizer_config.json").read_text())["chat_template"] == note["chat_template"]
+    assert "chat_template" not in json.loads((out / "base" / "tokenizer_config.json").read_text())

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from importlib.util import find_spec
-
 from rung.hookspecs import hookimpl
 
 
@@ -21,11 +19,9 @@ def rung_register_data_sources(register):
 
 @hookimpl
 def rung_register_trainers(register):
-    # The trainer lands in its own modules; register it once they exist.
-    if find_spec("rung_pretrain.trainer") is not None and find_spec("rung_pretrain.trainer_options") is not None:
-        register("pretrain", impl="rung_pretrain.trainer:PretrainTrainer",
-                 options="rung_pretrain.trainer_options:PretrainOptions",
-                 summary="next-token prediction on packed token shards", objectives=("next_token_loss", "token_nll_sum"))
+    register("pretrain", impl="rung_pretrain.trainer:PretrainTrainer",
+             options="rung_pretrain.trainer_options:PretrainOptions",
+             summary="next-token prediction on packed token shards", objectives=("next_token_loss", "token_nll_sum"))
 
 
 @hookimpl
