@@ -54,7 +54,7 @@ class HFOptions(HubOptions):
         None, description="sdpa, eager, flash_attention_2 ... (null: transformers' default)"
     )
     chat_template: str | None = Field(None, description="a Jinja chat template replacing the tokenizer's")
-    adapter: str | None = Field(None, description="a PEFT adapter directory to load on the model (needs rung-lora)")
+    adapter: str | None = Field(None, description="a PEFT adapter directory to load (merged) on the model")
 
     # generation defaults (a request's own values win)
     max_tokens: int = Field(256, ge=1, description="default new tokens per request")

@@ -23,4 +23,4 @@ class TorchOptions(LocalModelOptions):
     max_tokens: int = Field(256, ge=1, description="default new tokens per request")
     temperature: float = Field(0.0, ge=0, description="default sampling temperature; 0: greedy")
     seed: int = Field(0, description="seed of the weights of a new model")
-    adapter: str | None = Field(None, description="a PEFT adapter directory to load on the model (needs rung-lora)")
+    adapter: str | None = Field(None, description="a PEFT adapter directory to load (merged) on the model")
