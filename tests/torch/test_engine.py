@@ -7,6 +7,7 @@ is tested on both engines in tests/engines/test_engine_contract.py.
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -49,6 +50,30 @@ def test_activation_checkpointing_changes_memory_not_results(tmp_path):
     _, _, ckpted = fit(tmp_path, "ckpt", steps=3, backend={"activation_checkpointing": True})
     for step in (1, 2, 3):
         assert ckpted[step]["loss"] == pytest.approx(plain[step]["loss"], rel=1e-6)
+
+
+def overflowing_first():
+    """The objective, with a huge (finite) loss on step 1: its scaled fp16 gradients overflow."""
+    calls = {"n": 0}
+
+    def objective(model, batch):
+        calls["n"] += 1
+        loss, metrics = sup.objective(model, batch)
+        return loss * (1e30 if calls["n"] == 1 else 1.0), metrics
+
+    return objective
+
+
+def test_fp16_overflowing_gradients_skip_the_update_and_do_not_stop_the_run(tmp_path):
+    model = sup.make_model(0)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    engine, result, metrics = fit(tmp_path, model=model, precision="fp16", objective=overflowing_first(), steps=1)
+    assert engine.precision == "fp16" and result.steps == 1
+    assert not math.isfinite(float(metrics[1]["grad_norm"])) and math.isfinite(metrics[1]["loss"])
+    for name, p in model.named_parameters():  # the scaler skipped the update
+        assert torch.equal(p.detach(), before[name]), name
+    _, _, later = fit(tmp_path, "later", precision="fp16", objective=overflowing_first(), steps=2)
+    assert math.isfinite(later[2]["grad_norm"]) and later[2]["loss"] < 10  # the next step trains
 
 
 def test_only_trainable_parameters_are_optimized(tmp_path):

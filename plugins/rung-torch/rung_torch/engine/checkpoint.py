@@ -7,8 +7,9 @@ Layout under `run.output_dir/checkpoints/`:
         model.safetensors     the model's full state dict
         optimizer.safetensors optimizer state tensors, flattened: state.<param>.<name>
         rng.safetensors       torch CPU/CUDA generator states (uint8), one set per rank
-        state.json            step, schedule, optimizer hyperparameters and scalars, python and
-                              numpy RNG states, the batch stream's position, metrics, file sizes
+        state.json            step, optimizer hyperparameters and scalars, python and numpy RNG
+                              states, file sizes, and `loop`: the core loop's state (each rank's
+                              batch-stream position, tokens seen, metrics)
 
 A checkpoint is written into `.tmp-step-...` beside its final place, every file fsynced,
 then renamed into place (atomic on POSIX), then `latest` is replaced atomically. A kill
