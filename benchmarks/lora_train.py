@@ -43,7 +43,8 @@ def write_data(folder: Path, count: int = 512, prompt_chars: int = 160, completi
         for i in range(count):
             start = i * step
             f.write(json.dumps({"prompt": text[start:start + prompt_chars],
-                                "completion": text[start + prompt_chars:start + prompt_chars + completion_chars]}) + "\n")
+                                "completion": text[start + prompt_chars:start + prompt_chars + completion_chars]})
+                    + "\n")
     return path
 
 
@@ -171,9 +172,11 @@ def main() -> None:
     pairs = [r["tokens_per_s"] / p["tokens_per_s"] for p, r in zip(results["plain"], results["rung"])]
     info = results["rung"][0]
     print(f"\nLoRA r=16 q/k/v/o on preset '{args.preset}', batch {args.batch_size}, {args.steps} steps, byte tokenizer")
-    print(f"trainable parameters: {info['trainable']:,.0f} of {info['total']:,.0f} ({info['trainable'] / info['total']:.2%})")
-    print(f"plain peft loop : {plain:,.0f} tokens/s, peak memory {max(r['peak_mem_mb'] for r in results['plain']):,.0f} MB")
-    print(f"rung lora       : {ours:,.0f} tokens/s, peak memory {max(r['peak_mem_mb'] for r in results['rung']):,.0f} MB")
+    share = info["trainable"] / info["total"]
+    print(f"trainable parameters: {info['trainable']:,.0f} of {info['total']:,.0f} ({share:.2%})")
+    peak = {phase: max(r["peak_mem_mb"] for r in rows) for phase, rows in results.items()}
+    print(f"plain peft loop : {plain:,.0f} tokens/s, peak memory {peak['plain']:,.0f} MB")
+    print(f"rung lora       : {ours:,.0f} tokens/s, peak memory {peak['rung']:,.0f} MB")
     print(f"ratio rung/plain: {statistics.median(pairs):.2f}x, median of rounds "
           f"({', '.join(f'{x:.2f}' for x in pairs)}) (goal >= 1.0x)")
 

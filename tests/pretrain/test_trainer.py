@@ -145,7 +145,8 @@ def test_resume_continues_the_step_count(pretrained):
 def test_continue_pretraining_a_saved_model(pretrained):
     tmp, corpus, first = pretrained
     # A new run from the saved model: no tokenizer section (the checkpoint's is used).
-    cfg = config(tmp, corpus, name="continued", shards="shards_continued", steps=5, log_every=1, eval_every=5, sample_every=None)
+    cfg = config(tmp, corpus, name="continued", shards="shards_continued", steps=5, log_every=1, eval_every=5,
+                 sample_every=None)
     del cfg["tokenizer"]
     cfg["backend"]["model"] = str(tmp / "run" / "model")
     result = rung.run(cfg)

@@ -332,7 +332,8 @@ class SFTBatches:
         self.epoch, self.index, self._order = int(state["epoch"]), int(state["index"]), None
 
 
-def split_examples(examples: list[ChatExample], eval_size: float, seed: int) -> tuple[list[ChatExample], list[ChatExample]]:
+def split_examples(examples: list[ChatExample], eval_size: float,
+                   seed: int) -> tuple[list[ChatExample], list[ChatExample]]:
     """A deterministic held-out split: a fraction (<1) or a count (>=1) of the examples."""
     if eval_size <= 0 or len(examples) < 2:
         return examples, []

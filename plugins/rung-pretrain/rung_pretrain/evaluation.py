@@ -40,7 +40,8 @@ class Evaluator:
             self.last = dict(out)
         step, every = self.counter.step, self.opts.sample_every
         # At the first evaluation in each new stretch of `sample_every` steps.
-        if self.sample_here and every and self.opts.sample_prompts and step >= every and step // every != self._sampled_at:
+        due = bool(every) and step >= every and step // every != self._sampled_at
+        if self.sample_here and self.opts.sample_prompts and due:
             self._sampled_at = step // every
             samples = self.samples(self.opts.sample_tokens)
             if samples and self.main:

@@ -13,7 +13,8 @@ def rung_register_data_sources(register):
              summary="local files, folders and globs: text, Markdown, code, JSONL, Parquet")
     register("stdlib", impl="rung_pretrain.sources.stdlib:StdlibSource", options="rung_pretrain.options:StdlibOptions",
              summary="the Python standard library's own source code (~30 MB of .py)")
-    register("hf_dataset", impl="rung_pretrain.sources.hf:HFDatasetSource", options="rung_pretrain.options:HFDatasetOptions",
+    register("hf_dataset", impl="rung_pretrain.sources.hf:HFDatasetSource",
+             options="rung_pretrain.options:HFDatasetOptions",
              summary="a Hugging Face `datasets` dataset: local files, or the hub where reachable")
 
 

@@ -52,7 +52,8 @@ class PretrainTrainer:
         run.use_tokenizer(data.tokenizer)
         backend = run.backend()
         if not callable(getattr(backend, "engine", None)):
-            raise ConfigError(f"trainer 'pretrain' needs a compute backend (torch or jax), not '{run.config.backend.name}'")
+            raise ConfigError(f"trainer 'pretrain' needs a compute backend (torch or jax), "
+                              f"not '{run.config.backend.name}'")
         objective, nll_sum = run.objective("next_token_loss"), run.objective("token_nll_sum")
         seq_len = self._seq_len(backend, data)
 
