@@ -101,8 +101,8 @@ def bench_jax(args, config, precision: str) -> tuple[float, float]:
         run = Run(out)
         engine.fit(next_token_loss, RandomBatches(config.vocab_size, args.batch, args.seq), options(args), run)
     compile_s = next(m["compile_s"] for m in run.logs if "compile_s" in m)
-    print(f"  jax   {engine.precision:>4}: {throughput(run):9.0f} tokens/s   (train step compiled in {compile_s:.1f} s)",
-          flush=True)
+    print(f"  jax   {engine.precision:>4}: {throughput(run):9.0f} tokens/s   "
+          f"(train step compiled in {compile_s:.1f} s)", flush=True)
     return throughput(run), compile_s
 
 
