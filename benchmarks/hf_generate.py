@@ -116,11 +116,13 @@ def main() -> None:
         params = sum(p.numel() for p in model.parameters()) / 1e6
         print(f"model: Llama {params:.1f}M params (hidden {args.hidden}, {args.layers} layers), fp32, "
               f"device {backend.device}, torch threads {torch.get_num_threads()}")
-        print(f"batch {args.batch} prompts x {args.new_tokens} new tokens, greedy, {args.repeats} runs each, alternating")
+        print(f"batch {args.batch} prompts x {args.new_tokens} new tokens, greedy, {args.repeats} runs each, "
+              "alternating")
         print(f"same tokens from both: {same}")
         print(f"model.generate directly : {d:.3f} s  ({new_tokens / d:.0f} new tokens/s)")
         print(f"rung hf generate_batch  : {r:.3f} s  ({new_tokens / r:.0f} new tokens/s)")
-        print(f"ratio rung / direct     : {r / d:.3f}x median, {r_min / d_min:.3f}x best-of-{args.repeats}  (goal <= 1.05x)")
+        print(f"ratio rung / direct     : {r / d:.3f}x median, {r_min / d_min:.3f}x best-of-{args.repeats}  "
+              "(goal <= 1.05x)")
         if not same:
             sys.exit("the two paths produced different tokens")
 

@@ -44,4 +44,6 @@ def load_saved_tokenizer(directory: str | Path, backend: str) -> Any:
         from rung.transformers_tokenizer import TransformersTokenizer
 
         return TransformersTokenizer.load(directory)
-    raise ConfigError(f"backend '{backend}': {directory} holds no tokenizer (tokenizer.json): add a 'tokenizer' section")
+    raise ConfigError(
+        f"backend '{backend}': {directory} holds no tokenizer (tokenizer.json): add a 'tokenizer' section"
+    )

@@ -15,24 +15,23 @@ LONG = " ".join(["the cat sat on the mat"] * 20)  # ~120 words: more than the lo
 
 
 def local_case(name, checkpoint, local_backend) -> BackendCase:
-    # sampling at temperature 1 from a random model: seeds make the text
     return BackendCase(local_backend(name, checkpoint), prompt="the cat sat on the mat and", max_tokens=16,
                        too_long_prompt=LONG)
 
 
-def openai_case(server) -> BackendCase:
-    backend = rung.backend("openai", base_url=server.openai_base_url, api_key=TEST_KEY, model="gpt-test",
+def openai_case(fake) -> BackendCase:
+    backend = rung.backend("openai", base_url=fake.openai_base_url, api_key=TEST_KEY, model="gpt-test",
                            max_retries=0, timeout=10)
     return BackendCase(backend, deterministic={}, seeds="forwarded",
-                       sent_seed=lambda: server.requests[-1].body.get("seed"),
-                       too_long_prompt=" ".join(["word"] * (server.context_words + 1)))
+                       sent_seed=lambda: fake.requests[-1].body.get("seed"),
+                       too_long_prompt=" ".join(["word"] * (fake.context_words + 1)))
 
 
-def anthropic_case(server) -> BackendCase:
-    backend = rung.backend("anthropic", base_url=server.anthropic_base_url, api_key=TEST_KEY,
+def anthropic_case(fake) -> BackendCase:
+    backend = rung.backend("anthropic", base_url=fake.anthropic_base_url, api_key=TEST_KEY,
                            model="claude-test", max_retries=0, timeout=10)
     return BackendCase(backend, deterministic={}, sampling={}, seeds="refused",  # the Messages API has no seed
-                       too_long_prompt=" ".join(["word"] * (server.context_words + 1)))
+                       too_long_prompt=" ".join(["word"] * (fake.context_words + 1)))
 
 
 CASES = {

@@ -28,7 +28,8 @@ class Bytes:
         return bytes(i for i in ids if i < 256).decode(errors="replace")
 
     def apply_chat_template(self, messages, add_generation_prompt=True):
-        return "".join(f"<{m.role}>{m.content}</s>" for m in messages) + ("<assistant>" if add_generation_prompt else "")
+        text = "".join(f"<{m.role}>{m.content}</s>" for m in messages)
+        return text + ("<assistant>" if add_generation_prompt else "")
 
 
 def feed(decoder, text):
@@ -71,7 +72,8 @@ def test_chat_requests_go_through_the_template_and_stop_at_its_end_of_turn():
     ids, sampling = request_to_prompt(request, Bytes(), Defaults(max_tokens=16, temperature=0.7))
     assert bytes(ids).decode() == "<user>hi</s><assistant>"
     # "</s>" after an assistant turn is one token (258): a stop id, as eos is.
-    assert (sampling.max_tokens, sampling.temperature, sampling.stop, sampling.stop_ids) == (16, 0.7, ("\n",), {256, 258})
+    assert (sampling.max_tokens, sampling.temperature, sampling.stop) == (16, 0.7, ("\n",))
+    assert sampling.stop_ids == {256, 258}
     ids, sampling = request_to_prompt(GenerationRequest(prompt="x", max_tokens=2, temperature=0), Bytes(),
                                       Defaults(max_tokens=16, temperature=0.7))
     assert ids == [ord("x")] and sampling.greedy and sampling.max_tokens == 2 and sampling.stop_ids == {256}
@@ -114,7 +116,8 @@ def test_bad_sampling_settings_are_one_line_errors(bad, message):
 
 
 def test_top_k_0_and_top_p_1_mean_off():
-    _, sampling = request_to_prompt(GenerationRequest(prompt="x", top_k=0, top_p=1.0, temperature=1), Bytes(), Defaults())
+    request = GenerationRequest(prompt="x", top_k=0, top_p=1.0, temperature=1)
+    _, sampling = request_to_prompt(request, Bytes(), Defaults())
     assert (sampling.top_k, sampling.top_p, sampling.greedy) == (None, None, False)
 
 

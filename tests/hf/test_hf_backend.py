@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -33,7 +32,8 @@ def test_loads_and_generates_with_usage(backend_of, family):
     expected_prompt = len(b.hf_tokenizer.encode("the cat sat on"))  # with bos where the family adds one
     assert done.usage.prompt_tokens == expected_prompt
     # "length" exactly at max_tokens; a stop token ends it at or before then
-    assert done.usage.completion_tokens == 7 if done.finish_reason == "length" else 1 <= done.usage.completion_tokens <= 7
+    tokens = done.usage.completion_tokens
+    assert tokens == 7 if done.finish_reason == "length" else 1 <= tokens <= 7
     assert b.count_tokens("the cat sat on") == len(b.tokenizer.encode("the cat sat on"))
 
 
@@ -115,7 +115,8 @@ def test_stream_with_a_sentencepiece_tokenizer(model_dirs):
 def test_chat_templates_from_the_tokenizer(backend_of):
     chat = [Message("system", "You are terse."), Message("user", "Hi")]
     qwen = backend_of("qwen2").tokenizer.apply_chat_template(chat)
-    assert qwen == "<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    assert qwen == ("<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+                    "<|im_start|>assistant\n")
     llama = backend_of("llama").tokenizer.apply_chat_template(chat)
     assert llama.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou are terse.<|eot_id|>")
     assert llama.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
@@ -198,7 +199,8 @@ def test_hf_tokenizer_plugin(model_dirs, tmp_path):
     again = rung.tokenizer("hf", path=str(tmp_path / "tok"))
     assert again.encode(text) == ids and again.chat_template == tok.chat_template
     # A chat template given in the options replaces the tokenizer's.
-    plain = rung.tokenizer("hf", path=str(model_dirs["gpt2"]), chat_template="{% for m in messages %}[{{ m['content'] }}]{% endfor %}")
+    plain = rung.tokenizer("hf", path=str(model_dirs["gpt2"]),
+                           chat_template="{% for m in messages %}[{{ m['content'] }}]{% endfor %}")
     assert plain.apply_chat_template([Message("user", "a"), Message("assistant", "b")]) == "[a][b]"
 
 

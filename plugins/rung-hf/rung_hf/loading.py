@@ -134,7 +134,8 @@ def load_error(what: str, source: Source, field: str, exc: BaseException) -> Run
             f"{field.rsplit('.', 1)[0]}.trust_remote_code: true if you trust it"
         )
     name = type(exc).__name__
-    if name in ("RepositoryNotFoundError", "GatedRepoError") or "is not a local folder and is not a valid model" in text:
+    missing = "is not a local folder and is not a valid model" in text
+    if name in ("RepositoryNotFoundError", "GatedRepoError") or missing:
         return RungError(
             f"{what} '{source.name}' was not found on the hub (a private or gated repository needs "
             f"`hf auth login` or HF_TOKEN); or set {field} to a local directory"

@@ -293,7 +293,8 @@ def _load_hf(path: str | Path) -> Any:
     try:
         return Tokenizer.from_file(str(file))
     except Exception as exc:
-        raise RungError(f"{file}: not a valid tokenizer.json ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise RungError(f"{file}: not a valid tokenizer.json ({why})") from None
 
 
 def _read_config(folder: Path) -> dict[str, Any]:

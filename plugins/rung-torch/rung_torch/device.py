@@ -34,7 +34,9 @@ def resolve_device(requested: str | torch.device | None = "auto") -> torch.devic
     try:
         return torch.device(name)
     except (RuntimeError, ValueError):
-        raise ConfigError(f"backend.device: '{requested}' is not a torch device (auto, cpu, cuda, cuda:1, mps)") from None
+        raise ConfigError(
+            f"backend.device: '{requested}' is not a torch device (auto, cpu, cuda, cuda:1, mps)"
+        ) from None
 
 
 def resolve_precision(precision: str | None, device: torch.device, purpose: Purpose = "train") -> str:

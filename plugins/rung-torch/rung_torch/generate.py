@@ -25,7 +25,8 @@ from rung.errors import RungError
 from rung_torch.model import KVCache
 
 
-def choose(logits: torch.Tensor, rows: Sequence[Sampling], generators: Sequence[torch.Generator | None]) -> torch.Tensor:
+def choose(logits: torch.Tensor, rows: Sequence[Sampling],
+           generators: Sequence[torch.Generator | None]) -> torch.Tensor:
     """The next token of each row from its last logits (batch, vocab)."""
     chosen = logits.argmax(dim=-1)
     for i, sampling in enumerate(rows):

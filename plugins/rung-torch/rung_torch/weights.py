@@ -93,7 +93,9 @@ def load_into(model: Any, state: dict[str, torch.Tensor], where: str = "checkpoi
         for name, tensor in state.items():
             target = params[name]
             if target.shape != tensor.shape:
-                raise RungError(f"{where}: {name} has shape {tuple(tensor.shape)}, config.json says {tuple(target.shape)}")
+                raise RungError(
+                    f"{where}: {name} has shape {tuple(tensor.shape)}, config.json says {tuple(target.shape)}"
+                )
             target.copy_(tensor.to(target.dtype))
 
 
