@@ -22,7 +22,8 @@ def main() -> None:
     args = parser.parse_args()
     options = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.option)}
     llm = rung.backend("hf", model=args.model, **options)
-    print(llm, "| chat template:", "yes" if llm.tokenizer.chat_template else "no (messages are continued as plain text)")
+    template = "yes" if llm.tokenizer.chat_template else "no (messages are continued as plain text)"
+    print(llm, "| chat template:", template)
 
     # 1. One question (through the model's chat template), greedy.
     done = rung.ask(llm, "Name three long rivers, one line each.", max_tokens=80, temperature=0)

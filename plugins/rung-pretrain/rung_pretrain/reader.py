@@ -3,7 +3,8 @@
     stream = TokenBatches("runs/x/data", batch_size=8, seq_len=256, seed=0)
     batch = next(stream)        # {"input_ids": int64[8, 256], "targets": int64[8, 256]}
 
-`targets` are already shifted (the `rung.objectives` convention): `targets[:, t]` is the token that follows `input_ids[:, t]`.
+`targets` are already shifted (the `rung.objectives` convention): `targets[:, t]` is the token
+that follows `input_ids[:, t]`.
 Each batch is a function of (seed, rank, step) alone, so `state_dict()` is just the step and
 a resumed run sees exactly the batches it would have seen.
 """
@@ -91,7 +92,8 @@ class TokenShards:
         index_path = stem.with_suffix(".idx")
         for path in (meta_path, tokens_path, index_path):
             if not path.is_file():
-                raise RungError(f"{path}: missing shard file (the shards folder is incomplete; rerun `rung prepare --force`)")
+                raise RungError(f"{path}: missing shard file "
+                                "(the shards folder is incomplete; rerun `rung prepare --force`)")
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
             tokens, documents = int(meta["tokens"]), int(meta["documents"])
@@ -112,14 +114,16 @@ class TokenShards:
         array = np.memmap(tokens_path, dtype=self.dtype, mode="r") if tokens else np.zeros(0, self.dtype)
         if documents:
             index = np.fromfile(index_path, dtype="<u8")
-            if int(index[-1]) != tokens or (index.size > 1 and np.any(np.diff(index.astype(np.int64)) <= 0)) or index[0] == 0:
+            not_increasing = index.size > 1 and np.any(np.diff(index.astype(np.int64)) <= 0)
+            if int(index[-1]) != tokens or not_increasing or index[0] == 0:
                 raise RungError(f"{index_path}: document index does not match {tokens_path.name} (corrupt)")
         elif tokens:
             raise RungError(f"{meta_path}: {tokens} tokens but no documents (corrupt)")
         if verify == "full" and tokens:
             checksum = meta.get("xxh64")
             if checksum and file_checksum(array) != checksum:
-                raise RungError(f"{tokens_path}: checksum mismatch: the shard is corrupt (rerun `rung prepare --force`)")
+                raise RungError(f"{tokens_path}: checksum mismatch: the shard is corrupt "
+                                "(rerun `rung prepare --force`)")
             top = max(int(array[s : s + _CHUNK].max()) for s in range(0, tokens, _CHUNK))
             if top >= self.vocab_size:
                 raise RungError(f"{tokens_path}: token id {top} >= vocab size {self.vocab_size} (corrupt)")
@@ -146,7 +150,8 @@ class TokenShards:
                 yield np.asarray(array[start : start + _CHUNK])
 
     def __repr__(self) -> str:
-        return f"TokenShards({str(self.directory)!r}, split={self.split!r}, tokens={self.num_tokens}, files={len(self.arrays)})"
+        return (f"TokenShards({str(self.directory)!r}, split={self.split!r}, tokens={self.num_tokens}, "
+                f"files={len(self.arrays)})")
 
 
 def _shards(source: str | Path | TokenShards, split: str, verify: str = "full") -> TokenShards:
@@ -187,7 +192,8 @@ class TokenBatches:
         self._windows = (n - 1) // seq_len  # sequential windows in the whole stream
         self._rank_windows = len(range(rank, self._windows, world_size))
         if sampling == "sequential" and self._rank_windows == 0:
-            raise RungError(f"the {split} split has {self._windows} windows of {seq_len}, none for rank {rank} of {world_size}")
+            raise RungError(f"the {split} split has {self._windows} windows of {seq_len}, "
+                            f"none for rank {rank} of {world_size}")
 
     @property
     def tokens_per_epoch(self) -> int:
