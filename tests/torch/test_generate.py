@@ -187,3 +187,33 @@ def test_a_stream_leaves_grad_mode_alone_between_deltas(make_backend):
     seen = [torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
             for _ in backend.stream(GenerationRequest(prompt="Hello", max_tokens=5))]
     assert seen and all(seen)
+
+
+def test_generation_inside_a_training_autocast_decodes_in_its_own_precision(make_backend):
+    # The engine runs evaluators (which may sample) inside its bf16 training autocast; the
+    # answer must be the one generation gives outside it, on the flat path and the module path.
+    backend = make_backend()
+    request = GenerationRequest(prompt="Precision is the backend's choice", max_tokens=40)
+    outside = backend.generate(request)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = backend.generate(request)
+    assert inside == outside
+
+    # The module path (layers wrapped, e.g. by LoRA) under the same outer autocast.
+    from rung_torch.generate import ModuleForward, forward_for
+
+    backend.model.model.layers[0].mlp.up_proj = _Wrapped(backend.model.model.layers[0].mlp.up_proj)
+    assert isinstance(forward_for(backend.model, torch.float32), ModuleForward)
+    outside = backend.generate(request)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = backend.generate(request)
+    assert inside == outside
+
+
+class _Wrapped(torch.nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x)

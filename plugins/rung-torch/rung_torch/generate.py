@@ -225,15 +225,20 @@ SINGLE_THREAD_WORK = 2**28
 
 @contextlib.contextmanager
 def computing(device: torch.device, work: int) -> Iterator[None]:
-    """Inference mode, and one CPU thread for a step of `work` multiply-adds if it is small."""
+    """Inference mode, and one CPU thread for a step of `work` multiply-adds if it is small.
+
+    Any autocast around the call is switched off: generation decodes in its own precision
+    (an evaluator that samples mid-training runs inside the engine's training autocast).
+    """
     threads = torch.get_num_threads()
+    own_precision = torch.autocast(device.type, enabled=False)
     if device.type != "cpu" or threads == 1 or work > SINGLE_THREAD_WORK:
-        with torch.inference_mode():
+        with torch.inference_mode(), own_precision:
             yield
         return
     torch.set_num_threads(1)
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), own_precision:
             yield
     finally:
         torch.set_num_threads(threads)
