@@ -132,6 +132,9 @@ class TransformersTokenizer:
         """Ids of `text` as the start of a prompt: with the special tokens the tokenizer adds
         around a text (Llama's bos), as transformers' text-generation pipeline encodes it."""
         ids = list(self.hf.encode(text, add_special_tokens=True))
+        bos = self.hf.bos_token_id
+        if bos is not None and ids[:2] == [bos, bos]:  # the text (a rendered chat) starts with it
+            ids.pop(0)
         eos = self.hf.eos_token_id
         if eos is not None and ids and ids[-1] == eos:  # a post-processor that closes the text:
             plain = self.encode(text)  # a prompt is continued, never ended

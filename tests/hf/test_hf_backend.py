@@ -439,3 +439,16 @@ def test_interop_with_rung_torch(model_dirs, tmp_path):
         a = forward_logits(llama.model, ids)
         b = forward_logits(back.model.eval(), ids)
     assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_a_raw_prompt_that_starts_with_bos_gets_no_second_one(backend_of):
+    # A chat rendered by the template (which writes the bos) and sent raw, as sft/lora's
+    # eval_metric does, is the same prompt as the chat itself: one bos, same answer.
+    b = backend_of("llama")
+    chat = [Message("user", "hi there")]
+    rendered = b.tokenizer.apply_chat_template(chat, add_generation_prompt=True)
+    assert rendered.startswith(b.hf_tokenizer.bos_token)
+    as_chat = b.generate(greedy(messages=chat, max_tokens=6))
+    as_raw = b.generate(greedy(prompt=rendered, raw=True, max_tokens=6))
+    assert as_raw.usage.prompt_tokens == as_chat.usage.prompt_tokens
+    assert as_raw.text == as_chat.text
