@@ -29,14 +29,3 @@ def backend_of(model_dirs):
         return _backends[family]
 
     return get
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models run no faster on more threads, and a shared CPU runs them much slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

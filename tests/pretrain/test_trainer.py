@@ -62,16 +62,6 @@ def records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in lines]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     """One 30-step run, shared by the tests below."""

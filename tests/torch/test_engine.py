@@ -24,15 +24,6 @@ from rung_torch.engine import checkpoint as ckpt  # noqa: E402
 from rung_torch.engine.optim import param_groups  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: the subprocess tests compare against runs made the same way."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def fit(tmp_path, name="run", model=None, stream=None, precision="fp32", backend=None, objective=None,
         evaluate=None, **training):
     engine = TorchEngine(model or sup.make_model(0), sup.backend_options(precision=precision, **(backend or {})))
