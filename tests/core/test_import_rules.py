@@ -58,7 +58,7 @@ LAYERS = {
     "providers": ({"rung-openai", "rung-anthropic", "rung-tokenizers"}, {"core"}),
     "frameworks": ({"rung-torch", "rung-jax", "rung-hf"}, {"core", "providers"}),
     "trainers": ({"rung-lora", "rung-pretrain"}, {"core", "providers"}),
-    "cli": ({"rung-prompt"}, {"core", "providers", "frameworks", "trainers"}),
+    "cli": ({"rung-prompt", "rung-serve"}, {"core", "providers", "frameworks", "trainers"}),
 }
 SIDEWAYS = {("rung-hf", "rung-torch")}  # hf runs transformers models on rung-torch's engine
 

@@ -1,0 +1,1 @@
+"""rung serve: an OpenAI-compatible HTTP server for any rung backend."""

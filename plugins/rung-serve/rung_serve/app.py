@@ -1,0 +1,295 @@
+"""The FastAPI app: OpenAI-compatible endpoints over rung backends.
+
+`create_app({"name": backend}, api_key=...)` serves each backend through the public Backend
+API only (`agenerate`, `astream`, `tokenizer` where present), so any backend can be served:
+compute backends (torch, hf, jax) decode in worker threads, hosted ones are proxied.
+
+Errors are OpenAI's JSON, `{"error": {"message", "type", "param", "code"}}`: 400 for a body
+that is not JSON or has bad fields, an unknown model, or a `RungError` from the backend (its
+one line); 401 for a missing or wrong bearer token; 404 for an unknown route; 413 for a body
+over `max_body_bytes`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from rung.errors import RungError
+from rung.records import Delta, GenerationRequest
+from rung_serve.openai_format import (
+    BadRequest,
+    Chunks,
+    chat_completion,
+    chat_request,
+    completion_request,
+    stream_flags,
+    text_completion,
+)
+
+log = logging.getLogger("rung.serve")
+
+MAX_BODY_BYTES = 1 << 20  # 1 MiB
+# What a failed hosted call (rung.hosted.APIError.kind) is to our client: not its fault.
+UPSTREAM_STATUS = {"auth": 502, "permission": 502, "server": 502, "timeout": 504, "connection": 502,
+                   "malformed": 502, "cut_off": 502, "rate_limit": 429}
+
+
+class ServeError(Exception):
+    """An HTTP error answered as OpenAI's error JSON."""
+
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+
+
+def error_json(status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
+               code: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": code}},
+                        status_code=status)
+
+
+def _backend_error(exc: RungError) -> ServeError:
+    status = UPSTREAM_STATUS.get(getattr(exc, "kind", ""), 400)
+    type_ = "invalid_request_error" if status == 400 else "upstream_error"
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    return ServeError(status, message, type_)
+
+
+class _Model:
+    """One served backend; compute backends answer one request at a time (batching is a later slice)."""
+
+    def __init__(self, name: str, backend: Any) -> None:
+        self.name, self.backend = name, backend
+        self.lock: asyncio.Lock | None = asyncio.Lock() if hasattr(backend, "framework") else None
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        if self.lock is None:
+            yield
+        else:
+            async with self.lock:
+                yield
+
+
+def create_app(models: Mapping[str, Any], api_key: str | None = None,
+               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+    """An app serving `models` (served name -> rung Backend); with `api_key`, every endpoint but
+    /health needs `Authorization: Bearer <api_key>`."""
+    if not models:
+        raise ValueError("create_app needs at least one model")
+    served = {name: _Model(name, backend) for name, backend in models.items()}
+    created = int(time.time())
+    key = api_key.encode() if api_key else None
+    app = FastAPI(title="rung serve", docs_url=None, redoc_url=None)
+
+    @app.exception_handler(ServeError)
+    async def _serve_error(request: Request, exc: ServeError) -> JSONResponse:
+        return error_json(exc.status, exc.message, exc.type, exc.param, exc.code)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = "no such route: " + request.url.path if exc.status_code == 404 else str(exc.detail)
+        return error_json(exc.status_code, message, code="not_found" if exc.status_code == 404 else None)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_json(400, "invalid request")
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("rung serve: internal error on %s", request.url.path)
+        return error_json(500, "internal server error", "server_error")
+
+    def authorize(request: Request) -> None:
+        if key is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key):
+            raise ServeError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                             code="invalid_api_key")
+
+    async def read_json(request: Request) -> dict[str, Any]:
+        authorize(request)
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > max_body_bytes:
+            raise _too_large(max_body_bytes)
+        chunks, size = [], 0
+        async for piece in request.stream():
+            size += len(piece)
+            if size > max_body_bytes:
+                raise _too_large(max_body_bytes)
+            chunks.append(piece)
+        try:
+            body = json.loads(b"".join(chunks))
+        except (ValueError, UnicodeDecodeError):
+            raise ServeError(400, "the request body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise ServeError(400, "the request body must be a JSON object")
+        return body
+
+    def pick(body: dict[str, Any]) -> _Model:
+        name = body.get("model")
+        if name is None and len(served) == 1:
+            return next(iter(served.values()))
+        if not isinstance(name, str) or name not in served:
+            raise ServeError(400, f"model {name!r} is not served here; served: {', '.join(served)}",
+                             param="model", code="model_not_found")
+        return served[name]
+
+    async def answer(request: Request, chat: bool) -> Any:
+        body = await read_json(request)
+        model = pick(body)
+        try:
+            rung_request = chat_request(body) if chat else completion_request(body)
+            stream, include_usage = stream_flags(body)
+        except BadRequest as exc:
+            raise ServeError(400, exc.message, param=exc.param, code=exc.code) from None
+        except (ValueError, TypeError) as exc:
+            raise ServeError(400, str(exc)) from None
+        if not stream:
+            async with model.turn():
+                try:
+                    done = await model.backend.agenerate(rung_request)
+                except RungError as exc:
+                    raise _backend_error(exc) from None
+            return (chat_completion if chat else text_completion)(done, model.name)
+        return await open_stream(model, rung_request, Chunks(model.name, chat, include_usage))
+
+    async def open_stream(model: _Model, rung_request: GenerationRequest, chunks: Chunks) -> StreamingResponse:
+        # The first delta is awaited here, so a request the backend refuses (a prompt over the
+        # context, bad sampling) is a 400 before any event is sent.
+        turn = model.turn()
+        await turn.__aenter__()
+        deltas = model.backend.astream(rung_request)
+        try:
+            first = await deltas.__anext__()
+        except StopAsyncIteration:
+            first = None
+        except BaseException as exc:
+            await _close(deltas, turn)
+            if isinstance(exc, RungError):
+                raise _backend_error(exc) from None
+            raise
+
+        async def events() -> AsyncIterator[str]:
+            try:
+                delta: Delta | None = first
+                while delta is not None:
+                    for chunk in chunks.of(delta):
+                        yield f"data: {json.dumps(chunk)}\n\n"
+                    if delta.finish_reason is not None:
+                        break
+                    try:
+                        delta = await deltas.__anext__()
+                    except StopAsyncIteration:
+                        delta = None
+                yield "data: [DONE]\n\n"
+            except RungError as exc:  # mid-stream: the status is sent, so an error event
+                error = _backend_error(exc)
+                payload = {"error": {"message": error.message, "type": error.type, "param": None, "code": None}}
+                yield f"data: {json.dumps(payload)}\n\n"
+            finally:
+                await _close(deltas, turn)
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        return await answer(request, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Any:
+        return await answer(request, chat=False)
+
+    def model_card(name: str) -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": created, "owned_by": "rung"}
+
+    @app.get("/v1/models")
+    async def list_models(request: Request) -> Any:
+        authorize(request)
+        return {"object": "list", "data": [model_card(name) for name in served]}
+
+    @app.get("/v1/models/{name:path}")
+    async def get_model(name: str, request: Request) -> Any:
+        authorize(request)
+        if name not in served:
+            raise ServeError(404, f"model {name!r} is not served here", param="model", code="model_not_found")
+        return model_card(name)
+
+    @app.get("/health")
+    async def health() -> Any:
+        return {"status": "ok"}
+
+    def tokenizer_of(model: _Model) -> Any:
+        tokenizer = getattr(model.backend, "tokenizer", None)
+        if tokenizer is None:
+            raise ServeError(400, f"model {model.name!r} has no tokenizer to (de)tokenize with", param="model")
+        return tokenizer
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> Any:
+        from rung.decoding import encode_text, prompt_text
+
+        body = await read_json(request)
+        model = pick(body)
+        tokenizer = tokenizer_of(model)
+        try:
+            if "messages" in body:
+                text, chat = prompt_text(chat_request({"messages": body["messages"]}), tokenizer)
+                ids = encode_text(tokenizer, text, chat)
+            elif isinstance(body.get("prompt"), str):
+                ids = [int(i) for i in tokenizer.encode(body["prompt"])]
+            else:
+                raise BadRequest("give 'prompt' (a string) or 'messages'", "prompt")
+        except BadRequest as exc:
+            raise ServeError(400, exc.message, param=exc.param) from None
+        except RungError as exc:
+            raise _backend_error(exc) from None
+        out: dict[str, Any] = {"tokens": ids, "count": len(ids)}
+        context = getattr(getattr(model.backend, "config", None), "max_seq_len", None)
+        if isinstance(context, int):
+            out["max_model_len"] = context
+        return out
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request) -> Any:
+        body = await read_json(request)
+        model = pick(body)
+        tokenizer = tokenizer_of(model)
+        tokens = body.get("tokens")
+        if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
+            raise ServeError(400, "'tokens' must be a list of integers", param="tokens")
+        vocab = getattr(tokenizer, "vocab_size", None)
+        if isinstance(vocab, int) and any(not 0 <= t < vocab for t in tokens):
+            raise ServeError(400, f"'tokens' must be ids in [0, {vocab})", param="tokens")
+        return {"prompt": tokenizer.decode(tokens)}
+
+    return app
+
+
+def _too_large(limit: int) -> ServeError:
+    return ServeError(413, f"the request body is over the limit of {limit} bytes", code="request_too_large")
+
+
+async def _close(deltas: Any, turn: Any) -> None:
+    try:
+        closer = getattr(deltas, "aclose", None)
+        if closer is not None:
+            await closer()
+    finally:
+        await turn.__aexit__(None, None, None)
