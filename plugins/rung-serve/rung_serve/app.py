@@ -8,6 +8,9 @@ Errors are OpenAI's JSON, `{"error": {"message", "type", "param", "code"}}`: 400
 that is not JSON or has bad fields, an unknown model, or a `RungError` from the backend (its
 one line); 401 for a missing or wrong bearer token; 404 for an unknown route; 413 for a body
 over `max_body_bytes`.
+
+`GET /` is the chat page (`static/chat.html`, one self-contained file); it needs no key itself,
+the API calls it makes do (the page asks for the key when /v1/models answers 401).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rung.errors import RungError
@@ -41,6 +44,9 @@ from rung_serve.openai_format import (
 log = logging.getLogger("rung.serve")
 
 MAX_BODY_BYTES = 1 << 20  # 1 MiB
+# The chat page loads nothing but itself and calls only its own origin.
+PAGE_POLICY = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
+               "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 # What a failed hosted call (rung.hosted.APIError.kind) is to our client: not its fault.
 UPSTREAM_STATUS = {"auth": 502, "permission": 502, "server": 502, "timeout": 504, "connection": 502,
                    "malformed": 502, "cut_off": 502, "rate_limit": 429}
@@ -231,6 +237,12 @@ def create_app(models: Mapping[str, Any], api_key: str | None = None,
             raise ServeError(404, f"model {name!r} is not served here", param="model", code="model_not_found")
         return model_card(name)
 
+    page = chat_page()
+
+    @app.get("/", include_in_schema=False)
+    async def chat() -> HTMLResponse:
+        return HTMLResponse(page, headers={"Content-Security-Policy": PAGE_POLICY, "Cache-Control": "no-cache"})
+
     @app.get("/health")
     async def health() -> Any:
         return {"status": "ok"}
@@ -280,6 +292,13 @@ def create_app(models: Mapping[str, Any], api_key: str | None = None,
         return {"prompt": tokenizer.decode(tokens)}
 
     return app
+
+
+def chat_page() -> str:
+    """The chat page's HTML, shipped as package data."""
+    from importlib.resources import files
+
+    return (files("rung_serve") / "static" / "chat.html").read_text(encoding="utf-8")
 
 
 def _too_large(limit: int) -> ServeError:
