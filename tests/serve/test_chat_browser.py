@@ -168,3 +168,22 @@ def test_stop_ends_a_long_reply(browser, slow_served, tiny_backend):
         ".usage").text_content()
     assert errors == []
     page.close()
+
+
+def test_without_a_key_the_page_asks_for_none(browser, tiny_backend):
+    from rung_serve.app import create_app
+
+    with ServerThread(create_app({NAME: tiny_backend})) as running:
+        page = browser.new_page()
+        page.set_default_timeout(WAIT_MS)
+        page.goto(running.url + "/")
+        page.wait_for_selector("body[data-ready='1']")
+        assert page.is_hidden("#key-row") and page.locator("#status").text_content() == ""
+        page.fill("#temperature", "0")
+        page.fill("#max-tokens", "5")
+        _send(page, "hi")
+        _wait_replies(page, 1)
+        expected = tiny_backend.generate(GenerationRequest(messages=(Message("user", "hi"),), max_tokens=5,
+                                                           temperature=0))
+        assert page.locator(".msg.assistant .text").text_content() == expected.text
+        page.close()
