@@ -5,4 +5,9 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$root/scripts/ensure-venv.sh"
 cd "$root"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# One OpenMP thread in every thread of the suite. tests/conftest.py sets torch's count in the
+# main thread, but OpenMP keeps it per thread: a backend's agenerate runs generate in a worker
+# thread that would use every core, sum in another order and, on a tiny random model with
+# near-tied logits, pick another greedy token than the same call made synchronously.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 exec "$root/.venv/bin/python" -m pytest "$@"
