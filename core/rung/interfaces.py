@@ -7,6 +7,7 @@ methods most backends would otherwise write the same way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -70,6 +71,10 @@ class TrainableBackend(Backend, Protocol):
     def save(self, directory: str | Path) -> None:
         """Write the weights (safetensors), config.json and tokenizer to `directory`."""
 
+    def frozen_copy(self) -> Any:
+        """A copy of the model as it is now, in eval mode, that no engine trains: a reference
+        policy for a trainer that trains every weight (with adapters: `Adapters.disabled`)."""
+
 
 # Beside a saved adapter: which base and backend it was trained on (see `Adapters.save_adapter`).
 ADAPTER_NOTE = "rung_adapter.json"
@@ -100,6 +105,11 @@ class Adapters(Protocol):
     def merge_adapter(self) -> None:
         """Fold the adapters into the base weights: the model is a plain model again."""
 
+    def disabled(self, model: Any) -> contextlib.AbstractContextManager[Any]:
+        """`model` (the backend's, or the one an engine's evaluation context yields) with its
+        adapters switched off inside the block: the frozen base, a preference or RL trainer's
+        reference policy without a second model in memory."""
+
 
 @runtime_checkable
 class AdapterBackend(TrainableBackend, Protocol):
@@ -107,6 +117,47 @@ class AdapterBackend(TrainableBackend, Protocol):
 
     def adapters(self) -> Adapters:
         """This backend's adapter operations, bound to its model."""
+
+
+@runtime_checkable
+class ScoreHeads(Protocol):
+    """A scalar head on a compute backend's causal model: a reward model reads it at each
+    sequence's last token, PPO's value head at every token (objective `token_scores`).
+
+    A backend that has them answers `backend.score_heads()` (rung-torch and rung-hf: an
+    `nn.Linear(hidden, 1, bias=False)` named `score`, as transformers' sequence classifiers
+    name it; rung-jax: the same in NNX). Loading a folder saved by `save_scorer` gives a model
+    that has its head back.
+    """
+
+    def add_score_head(self, seed: int = 0) -> None:
+        """Give the model a new trainable head (small normal init from `seed`); the engine
+        trains it with the rest (and LoRA keeps it trainable: `modules_to_save`)."""
+
+    def has_score_head(self) -> bool:
+        """Whether the model has a head now (added, or loaded with the model)."""
+
+    def save_scorer(self, directory: str | Path, pad_token_id: int | None = None) -> None:
+        """Model and head as a transformers sequence classifier (config.json architectures
+        `...ForSequenceClassification`, `num_labels` 1, `pad_token_id`; safetensors with
+        `score.weight`): `AutoModelForSequenceClassification` gives the same scores, read at
+        the last token that is not `pad_token_id`."""
+
+
+@runtime_checkable
+class RolloutStream(Protocol):
+    """A batch stream that samples from the policy being trained (GRPO, PPO): the loop calls
+    `next_from(model)` instead of `next(stream)`, with the model of the engine's evaluation
+    context (the current weights, eval mode, no gradients), once per micro-batch."""
+
+    def next_from(self, policy: Any) -> Mapping[str, Any]:
+        """The next batch, sampled from `policy` where the stream needs new completions."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position, JSON-serialisable, so a resumed run sees the same data."""
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Go back to a saved position."""
 
 
 class BaseBackend:

@@ -12,7 +12,9 @@ Who calls what, in order (every process of a multi-process run calls the same, i
     engine.resume(options.resume)         -> Resumed(step, path, state) or None; the loop
                                           puts `state` back (batch positions, tokens, metrics)
     each optimizer step:
-        micro = next(batches) x grad_accum_steps     an ended stream is a RungError
+        micro = next(batches) x grad_accum_steps     an ended stream is a RungError; a
+                                                     RolloutStream: with engine.evaluation() as
+                                                     model: batches.next_from(model)
         lr = options.learning_rate_at(step)          the one schedule: logged and applied
         read = engine.train_step(micro, lr)          forward, backward, clip, update with `lr`
         read() -> StepOutput                         the loop calls it one step late where it
@@ -233,9 +235,15 @@ class _Loop:
         return step
 
     def next_batches(self, step: int) -> Iterator[Mapping[str, Any]]:
+        rollout = callable(getattr(self.batches, "next_from", None))  # rung.interfaces.RolloutStream
         for _ in range(self.opts.grad_accum_steps):
             try:
-                yield next(self.batches)
+                if rollout:
+                    with self.engine.evaluation() as model:
+                        batch = self.batches.next_from(model)  # type: ignore[attr-defined]
+                    yield batch
+                else:
+                    yield next(self.batches)
             except StopIteration:
                 raise RungError(f"the batch stream ran out at step {step + 1} of {self.opts.steps}; "
                                 "a trainer's stream must be endless") from None

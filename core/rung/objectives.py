@@ -17,6 +17,19 @@ Batch keys: `input_ids` [B, T] int; what to predict, in one of two conventions:
 pretraining windows), or `labels` [B, T], aligned with input_ids as in Hugging Face (position t
 predicts labels[:, t + 1]: chat rows); -100 in either means "no loss here"; with neither, the
 ids themselves shifted by one. `attention_mask` [B, T] (1 = real token) is optional.
+
+Shared prompts (preference pairs, a group of sampled completions): `segment_ids` [B, T] int
+packs one prompt and several completions of it in a row: 0 = the prompt, k >= 1 = completion
+k, -1 = padding. A completion token sees the prompt and the earlier tokens of its own
+completion only, and its rotary position continues from the prompt's end, so each
+completion's log-probabilities equal those of `prompt + completion` run alone (the prompt is
+computed once: `shared_prompt_layout` gives the positions and the mask in numpy, frameworks
+build the same in their own ops). A `labels`-aligned output entry t - 1 is then
+log p(input_ids[:, t] | what token t sees), for a completion's first token the prompt
+alone. Without `segment_ids`, plain causal attention.
+
+Shapes: every batch of one run should have the same shapes (pad to a fixed length): the jax
+engine compiles its step once.
 """
 
 from __future__ import annotations
@@ -43,6 +56,25 @@ OBJECTIVES: dict[str, str] = {
     "sequence_logprobs": (
         "per-row sum of log p(token) over the predicted tokens, shape [B] "
         "(preference and policy-gradient trainers)"
+    ),
+    "token_logprobs": (
+        "log p(token) of every predicted token, 0 where nothing is predicted (-100), aligned "
+        "with the targets: [B, T] for `targets`, [B, T - 1] for `labels` (labels[:, 1:]); "
+        "honours `segment_ids` (DPO on packed pairs, GRPO and PPO per-token ratios)"
+    ),
+    "token_scores": (
+        "the model's score head (`rung.interfaces.ScoreHeads`) at every position, [B, T] fp32: "
+        "a reward model reads it at each sequence's last token, PPO's value head everywhere; "
+        "honours `segment_ids`"
+    ),
+    "logprobs_and_scores": (
+        "(token_logprobs, token_scores) from one forward pass: PPO's policy and value head"
+    ),
+    "sample_tokens": (
+        "not a loss but the framework's batched KV-cache sampler, with its own signature: "
+        "sample_tokens(model, prompts: list[list[int]], sampling: rung.decoding.Sampling) -> "
+        "list[list[int]], each prompt's new token ids, ending with a stop id when one was "
+        "sampled; rows sampled with `sampling.seed` + row index (online RL: GRPO, PPO)"
     ),
 }
 
@@ -91,3 +123,31 @@ def heldout_loss(nll_sum: Any, batches: Iterable[Mapping[str, Any]]) -> Callable
         return {"eval_loss": total / max(count, 1.0)}
 
     return evaluate
+
+
+def shared_prompt_layout(segment_ids: Any) -> tuple[Any, Any, Any]:
+    """What `segment_ids` [B, T] (the prompt first, 0; then completions 1, 2, ...; then -1
+    padding) mean, in numpy: rotary positions [B, T], attention mask [B, T, T] (True: query i
+    may see key j) and sources [B, T] (the position whose logits predict token t).
+
+    Position: a prompt token's index in the prompt; a completion token's, the prompt's length
+    plus its index in its completion. Mask: causal, and a key is visible when it is the
+    prompt's or the query's own completion's; every query sees itself (no empty row). Source:
+    t - 1, except a completion's first token, which the prompt's last token predicts. The
+    framework objectives compute the same in their own ops; this is the reference.
+    """
+    import numpy as np
+
+    seg = np.asarray(segment_ids)
+    T = seg.shape[-1]
+    prompt = seg == 0
+    prompt_len = prompt.sum(-1, keepdims=True)
+    same = seg[:, :, None] == seg[:, None, :]
+    causal = np.tril(np.ones((T, T), bool))[None]
+    mask = (causal & ((prompt[:, None, :] & (seg[:, :, None] >= 0)) | same)) | np.eye(T, dtype=bool)[None]
+    within = (same & causal).sum(-1) - 1  # index within its own segment
+    positions = np.where(seg > 0, prompt_len + within, within)
+    index = np.arange(T)[None, :]
+    first = (seg > 0) & (within == 0)
+    sources = np.maximum(np.where(first, prompt_len - 1, index - 1), 0)
+    return positions.astype(np.int64), mask, sources.astype(np.int64)

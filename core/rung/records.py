@@ -110,6 +110,7 @@ class PreferencePair:
     prompt: tuple[Message, ...]
     chosen: str
     rejected: str
+    margin: float = 0.0  # how much better `chosen` is, when the data says (reward models)
 
 
 @dataclass(frozen=True)

@@ -57,10 +57,13 @@ LAYERS = {
     "core": ({"rung"}, set()),
     "providers": ({"rung-openai", "rung-anthropic", "rung-tokenizers"}, {"core"}),
     "frameworks": ({"rung-torch", "rung-jax", "rung-hf"}, {"core", "providers"}),
-    "trainers": ({"rung-lora", "rung-pretrain"}, {"core", "providers"}),
+    "trainers": ({"rung-lora", "rung-pretrain", "rung-rlhf"}, {"core", "providers"}),
     "cli": ({"rung-prompt", "rung-serve"}, {"core", "providers", "frameworks", "trainers"}),
 }
-SIDEWAYS = {("rung-hf", "rung-torch")}  # hf runs transformers models on rung-torch's engine
+SIDEWAYS = {
+    ("rung-hf", "rung-torch"),  # hf runs transformers models on rung-torch's engine
+    ("rung-rlhf", "rung-lora"),  # preference and RL trainers shape chat data as sft does
+}
 
 
 def normalise(name: str) -> str:

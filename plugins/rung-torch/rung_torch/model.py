@@ -204,7 +204,7 @@ class Transformer(nn.Module):
 
         `attention_mask` (batch, seq) marks real tokens with 1 and padding with 0 (or, with a
         `cache`, (batch, start + seq) over every cached position; or a ready boolean mask
-        (batch, 1, seq, start + seq), True where a query may look). `position_ids` default to
+        (batch, 1, seq, start + seq), True where a query may look, or additive: 0 or -inf). `position_ids` default to
         `start + arange(seq)`. With a `cache`, keys and values are written at `start`.
         `last_only` computes the logits of the last position only.
         """
@@ -221,7 +221,8 @@ class Transformer(nn.Module):
         else:
             cos, sin = self.rope_cos[position_ids].unsqueeze(1), self.rope_sin[position_ids].unsqueeze(1)
         if attention_mask is not None and attention_mask.dim() == 4:
-            mask = attention_mask.to(torch.bool)  # already (batch, 1, T, start + T)
+            # already (batch, 1, T, start + T): bool (True = may attend) or additive float
+            mask = attention_mask if attention_mask.is_floating_point() else attention_mask.to(torch.bool)
         elif attention_mask is not None or (start and T > 1):
             mask = self._mask(attention_mask, T, start)
         else:

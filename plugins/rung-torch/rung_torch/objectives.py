@@ -3,7 +3,9 @@
 Each is `objective(model, batch) -> (value, metrics)` for any torch causal LM (rung's
 `Transformer`, a transformers model, either wrapped by peft, DDP or torch.compile). Batches
 are right-padded, so causal attention never lets a real token see a pad: the attention mask
-is not passed, which keeps the fast causal attention kernels.
+is not passed, which keeps the fast causal attention kernels. A batch with `segment_ids`
+(one prompt shared by several completions) gets the shared-prompt mask and positions of
+`rung.objectives.shared_prompt_layout`, built here in torch ops.
 """
 
 from __future__ import annotations
@@ -30,9 +32,43 @@ def _device(model: Any) -> torch.device:
     return torch.device("cpu")
 
 
+def shared_prompt_layout(segment_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Positions [B, T], additive attention mask [B, 1, T, T] (0 or the dtype's min: what both
+    transformers' sdpa and eager attention and rung's model take) and sources [B, T]."""
+    seg = segment_ids.long()
+    T = seg.shape[-1]
+    prompt = seg == 0
+    prompt_len = prompt.sum(-1, keepdim=True)
+    same = seg[:, :, None] == seg[:, None, :]
+    causal = torch.ones(T, T, dtype=torch.bool, device=seg.device).tril()[None]
+    eye = torch.eye(T, dtype=torch.bool, device=seg.device)[None]
+    allowed = (causal & ((prompt[:, None, :] & (seg[:, :, None] >= 0)) | same)) | eye
+    within = (same & causal).sum(-1) - 1
+    positions = torch.where(seg > 0, prompt_len + within, within)
+    index = torch.arange(T, device=seg.device)[None, :]
+    first = (seg > 0) & (within == 0)
+    sources = torch.where(first, prompt_len - 1, index - 1).clamp(min=0)
+    additive = torch.zeros(allowed.shape, dtype=torch.float32, device=seg.device)
+    additive = additive.masked_fill(~allowed, torch.finfo(torch.float32).min)[:, None]
+    return positions, additive, sources
+
+
+def _segment_logits(model: Any, ids: torch.Tensor, segment_ids: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of a shared-prompt batch, re-indexed so that entry t - 1 predicts token t."""
+    positions, additive, sources = shared_prompt_layout(_tensor(segment_ids, ids.device))
+    out = model(ids, attention_mask=additive, position_ids=positions)
+    logits = out if isinstance(out, torch.Tensor) else out.logits
+    picked = torch.gather(logits, 1, sources[:, 1:, None].expand(-1, -1, logits.shape[-1]))
+    return picked, sources
+
+
 def predictions(model: Any, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (fp32) and the token each one predicts (-100: none), aligned [B, T', V] / [B, T']."""
     ids = _tensor(batch["input_ids"], _device(model))
+    if batch.get("segment_ids") is not None:
+        logits, _ = _segment_logits(model, ids, batch["segment_ids"])
+        labels = _tensor(batch["labels"], ids.device).long() if "labels" in batch else ids
+        return logits.float(), labels[:, 1:]
     logits = forward_logits(model, ids)
     if "targets" in batch:
         return logits.float(), _tensor(batch["targets"], ids.device).long()
@@ -53,8 +89,15 @@ def token_nll_sum(model: Any, batch: Mapping[str, Any]) -> tuple[torch.Tensor, d
     return total, {"tokens": int((targets != IGNORE_INDEX).sum())}
 
 
-def sequence_logprobs(model: Any, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
-    logits, targets = predictions(model, batch)
+def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     keep = targets != IGNORE_INDEX
-    picked = torch.gather(logits.log_softmax(-1), -1, targets.clamp(min=0)[..., None])[..., 0]
-    return (picked * keep).sum(-1), {}
+    picked = torch.gather(logits, -1, targets.clamp(min=0)[..., None])[..., 0]
+    return (picked - torch.logsumexp(logits, dim=-1)) * keep
+
+
+def sequence_logprobs(model: Any, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+    return _token_logprobs(*predictions(model, batch)).sum(-1), {}
+
+
+def token_logprobs(model: Any, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+    return _token_logprobs(*predictions(model, batch)), {}

@@ -1,0 +1,1 @@
+"""rung-rlhf: reward models, DPO, GRPO and PPO, framework-neutral (see README.md)."""
