@@ -7,7 +7,7 @@
 #   bash scripts/gpu-check.sh                     # there; figures and logs go to $OUT (or ./gpu-out)
 #
 # It installs rung and its plugins without dependencies (editable), runs the test files that
-# exercise CUDA paths (with where tests honour it), then the GPU
+# exercise CUDA paths (backends on device "auto" pick the GPU), then the GPU
 # benchmarks at short sizes; each benchmark prints its ratio against a baseline of the same run.
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
