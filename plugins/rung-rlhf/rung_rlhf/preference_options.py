@@ -70,6 +70,9 @@ class PreferenceFieldOptions(Options):
     rejected_field: str = Field("rejected", description="as chosen_field, for the rejected answer")
     margin_field: str = Field("margin", description="optional: how much better chosen is (reward with margin)")
     system_field: str = "system"
+    role_field: str = Field("role", description="key of a turn's role ('from' in ShareGPT data)")
+    content_field: str = Field("content", description="key of a turn's text ('value' in ShareGPT data)")
+    roles: dict[str, str] = Field(default_factory=dict, description="rename roles, e.g. {human: user, gpt: assistant}")
     limit: int | None = Field(None, ge=1, description="read at most this many pairs")
 
 
