@@ -172,6 +172,11 @@ class Llama(nnx.Module):
             return self.model.embed_tokens.attend(x)
         return self.lm_head(x)
 
+    def output_logits(self, hidden: jax.Array) -> jax.Array:
+        """Logits [..., vocab] of final hidden states (`hidden_states`): the output head alone, so
+        an objective can pick the positions it needs before the vocabulary projection."""
+        return self._head(hidden)
+
     def _trunk(self, input_ids, positions, mask, cache=None, index=None):
         dtype = self.model.embed_tokens.embedding.dtype
         x = self.model.embed_tokens(input_ids).astype(dtype)
@@ -186,18 +191,34 @@ class Llama(nnx.Module):
             new_cache.append(c)
         return self.model.norm(x), tuple(new_cache)
 
-    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
-        """Logits [B, T, vocab] for token ids [B, T] (causal; `attention_mask` 1 = real token)."""
+    def hidden_states(self, input_ids: jax.Array, attention_mask: jax.Array | None = None, *,
+                      positions: jax.Array | None = None, mask: jax.Array | None = None) -> jax.Array:
+        """Final (normed) hidden states [B, T, dim] for token ids [B, T].
+
+        By default causal attention with positions 0..T-1; `attention_mask` [B, T] (1 = real
+        token) hides padding keys and counts positions over real tokens only. `positions` [B, T]
+        (rotary positions) and `mask` [B, T, T] (bool, True: query i may see key j) replace
+        them: a shared-prompt batch (`rung.objectives.shared_prompt_layout`) passes both.
+        """
         b, t = input_ids.shape
-        causal = jnp.tril(jnp.ones((t, t), bool))[None]
-        if attention_mask is not None:
-            keep = attention_mask.astype(bool)
-            causal = causal & keep[:, None, :]
-            positions = jnp.maximum(jnp.cumsum(keep, axis=-1) - 1, 0)
-        else:
-            positions = jnp.broadcast_to(jnp.arange(t), (b, t))
-        x, _ = self._trunk(input_ids, positions, causal)
-        return self._head(x)
+        keep = None if attention_mask is None else attention_mask.astype(bool)
+        if mask is None:
+            mask = jnp.tril(jnp.ones((t, t), bool))[None]
+            if keep is not None:
+                mask = mask & keep[:, None, :]
+        if positions is None:
+            if keep is not None:
+                positions = jnp.maximum(jnp.cumsum(keep, axis=-1) - 1, 0)
+            else:
+                positions = jnp.broadcast_to(jnp.arange(t), (b, t))
+        x, _ = self._trunk(input_ids, positions, mask.astype(bool))
+        return x
+
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None, *,
+                 positions: jax.Array | None = None, mask: jax.Array | None = None) -> jax.Array:
+        """Logits [B, T, vocab] for token ids [B, T] (causal; `attention_mask` 1 = real token;
+        `positions` and `mask` as in `hidden_states`)."""
+        return self._head(self.hidden_states(input_ids, attention_mask, positions=positions, mask=mask))
 
     # -- generation with a KV cache
 

@@ -19,15 +19,54 @@ from flax import nnx
 from rung.objectives import IGNORE_INDEX
 
 
+def shared_prompt_layout(segment_ids: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Rotary positions [B, T], attention mask [B, T, T] (bool) and sources [B, T] of a
+    shared-prompt batch: `rung.objectives.shared_prompt_layout` in jnp (traceable under jit)."""
+    seg = segment_ids.astype(jnp.int32)
+    T = seg.shape[-1]
+    prompt = seg == 0
+    prompt_len = prompt.sum(-1, keepdims=True)
+    same = seg[:, :, None] == seg[:, None, :]
+    causal = jnp.tril(jnp.ones((T, T), bool))[None]
+    eye = jnp.eye(T, dtype=bool)[None]
+    mask = (causal & ((prompt[:, None, :] & (seg[:, :, None] >= 0)) | same)) | eye
+    within = (same & causal).sum(-1) - 1  # index within its own segment
+    positions = jnp.where(seg > 0, prompt_len + within, within)
+    index = jnp.arange(T)[None, :]
+    first = (seg > 0) & (within == 0)
+    sources = jnp.maximum(jnp.where(first, prompt_len - 1, index - 1), 0)
+    return positions, mask, sources
+
+
+def _hidden(model: Any, batch: Mapping[str, Any]) -> tuple[jax.Array, jax.Array | None]:
+    """Final hidden states [B, T, D] of the batch and, for a shared-prompt batch (`segment_ids`),
+    the sources [B, T] (which position predicts token t); None otherwise."""
+    ids = jnp.asarray(batch["input_ids"])
+    if batch.get("segment_ids") is not None:
+        positions, mask, sources = shared_prompt_layout(jnp.asarray(batch["segment_ids"]))
+        return model.hidden_states(ids, positions=positions, mask=mask), sources
+    mask = batch.get("attention_mask")
+    return model.hidden_states(ids, None if mask is None else jnp.asarray(mask)), None
+
+
+def _predicting(hidden: jax.Array, sources: jax.Array | None,
+                batch: Mapping[str, Any]) -> tuple[jax.Array, jax.Array]:
+    """The hidden states that predict each target and the targets, aligned [B, T', D] / [B, T']:
+    `targets` as given (T' = T); `labels` (or the ids) from position 1 on (T' = T - 1), each
+    predicted by the token before it, or by the prompt's last token for a completion's first."""
+    ids = jnp.asarray(batch["input_ids"])
+    if sources is None and "targets" in batch:
+        return hidden, jnp.asarray(batch["targets"])
+    labels = jnp.asarray(batch["labels"]) if "labels" in batch else ids
+    if sources is None:
+        return hidden[:, :-1], labels[:, 1:]
+    return jnp.take_along_axis(hidden, sources[:, 1:, None], axis=1), labels[:, 1:]
+
+
 def predictions(model: Any, batch: Mapping[str, Any]) -> tuple[jax.Array, jax.Array]:
     """Logits (fp32) and the token each one predicts (-100: none), aligned [B, T', V] / [B, T']."""
-    ids = jnp.asarray(batch["input_ids"])
-    mask = batch.get("attention_mask")
-    logits = model(ids, None if mask is None else jnp.asarray(mask)).astype(jnp.float32)
-    if "targets" in batch:
-        return logits, jnp.asarray(batch["targets"])
-    labels = jnp.asarray(batch["labels"]) if "labels" in batch else ids
-    return logits[:, :-1], labels[:, 1:]
+    hidden, targets = _predicting(*_hidden(model, batch), batch)
+    return model.output_logits(hidden).astype(jnp.float32), targets
 
 
 def _token_nll(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -54,6 +93,13 @@ def _sequence_logprobs(model: Any, batch: Mapping[str, Any]) -> tuple[jax.Array,
     return -nll.sum(-1), {}
 
 
+def _token_logprobs(model: Any, batch: Mapping[str, Any]) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """log p(token) of every predicted token, 0 where nothing is predicted: [B, T] for
+    `targets`, [B, T - 1] for `labels` (or the ids)."""
+    nll, _ = _token_nll(*predictions(model, batch))
+    return -nll, {}
+
+
 class JitWhenConcrete:
     """An objective that is traced as is inside a caller's jit (the engine's step, where the
     batch holds tracers) and runs through `nnx.jit` when called on concrete arrays, compiled
@@ -77,3 +123,4 @@ class JitWhenConcrete:
 next_token_loss = JitWhenConcrete(_next_token_loss)
 token_nll_sum = JitWhenConcrete(_token_nll_sum)
 sequence_logprobs = JitWhenConcrete(_sequence_logprobs)
+token_logprobs = JitWhenConcrete(_token_logprobs)
