@@ -46,6 +46,9 @@ class GRPOOptions(OnlineOptions):
     layout: Literal["shared", "separate"] = Field(
         "shared", description="shared: a prompt and its G completions in one row; separate: a row each"
     )
+    mask_truncated_completions: bool = Field(
+        False, description="leave completions cut at max_completion_length (no stop) out of the loss (DAPO)"
+    )
 
 
 class PPOOptions(OnlineOptions):

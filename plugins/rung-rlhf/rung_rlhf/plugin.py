@@ -35,3 +35,15 @@ def rung_register_data_sources(register):
     register("prompts_hf", impl="rung_rlhf.prompt_data:PromptsHF",
              options="rung_rlhf.online_options:PromptsHFOptions",
              summary="prompts with optional reference answers from a Hugging Face `datasets` dataset")
+
+
+@hookimpl
+def rung_register_reward_functions(register):
+    register("numeric_match", impl="rung_rlhf.rewards:NumericMatch", options="rung_rlhf.rewards:NumericMatchOptions",
+             summary="1.0 when the completion's first (or last) number equals the reference's, else 0.0")
+    register("format_match", impl="rung_rlhf.rewards:FormatMatch", options="rung_rlhf.rewards:FormatMatchOptions",
+             summary="1.0 when the whole completion matches a regular expression (default: only a number)")
+    register("length", impl="rung_rlhf.rewards:LengthReward", options="rung_rlhf.rewards:LengthOptions",
+             summary="1.0 at the target length in characters, falling linearly to 0.0")
+    register("starts_with", impl="rung_rlhf.rewards:StartsWith", options="rung_rlhf.rewards:StartsWithOptions",
+             summary="1.0 when the completion starts with a given prefix, else 0.0")
