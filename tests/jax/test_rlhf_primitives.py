@@ -138,3 +138,158 @@ def test_token_logprobs_on_a_torch_saved_model_equal_torchs(torch_checkpoint):
             expected = torch_objectives.token_logprobs(torch_model, batch)[0].numpy()
         got = np.asarray(objectives.token_logprobs(jax_model, batch)[0])
         np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+# ---------------------------------------------------------------- step 2: the score head
+
+
+class FixedStream:
+    """The same batch forever (a BatchStream the engine can checkpoint)."""
+
+    def __init__(self, batch):
+        self.batch, self.pos = batch, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        self.pos += 1
+        return self.batch
+
+    def state_dict(self):
+        return {"pos": self.pos}
+
+    def load_state_dict(self, state):
+        self.pos = int(state["pos"])
+
+
+def last_token_score_loss(model, batch):
+    """Push every row's score at its last token up (a loss only the head and trunk can move)."""
+    scores, _ = objectives.token_scores(model, batch)
+    return -scores[:, -1].mean(), {}
+
+
+@pytest.fixture
+def byte_tokenizer():
+    import rung
+
+    return rung.tokenizer("byte")
+
+
+def jax_backend(tokenizer, **options):
+    import rung
+
+    return rung.backend("jax", tokenizer=tokenizer, model="test", device="cpu", precision="fp32",
+                        architecture={"init_std": 0.3}, **options)
+
+
+def test_token_scores_honour_segments_and_come_with_logprobs_in_one_pass():
+    from rung_jax.scoring import attach_score_head
+
+    model = attach_score_head(init_model(config(), seed=5), seed=1)
+    shared, separate = shared_and_separate()
+    packed_scores, _ = objectives.token_scores(model, shared.batch())
+    separate_scores, _ = objectives.token_scores(model, plain(separate))
+    assert packed_scores.shape == (2, LENGTH) and packed_scores.dtype == jnp.float32
+    # a completion token's score as if prompt + completion ran alone (scores are per position:
+    # compare the completion's own tokens, input_ids[:, 1:] where they are predicted)
+    for a, b in zip(per_completion_tokens(np.asarray(packed_scores)[:, 1:], shared, SHARED_ORDER),
+                    per_completion_tokens(np.asarray(separate_scores)[:, 1:], separate, SEPARATE_ORDER)):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+    (logprobs, scores), _ = objectives.logprobs_and_scores(model, shared.batch())
+    np.testing.assert_allclose(np.asarray(scores), np.asarray(packed_scores), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(logprobs), np.asarray(objectives.token_logprobs(model, shared.batch())[0]),
+                               atol=1e-6)
+
+
+def test_saved_scorer_gives_transformers_scores_and_loads_back(tmp_path, byte_tokenizer):
+    transformers = pytest.importorskip("transformers")
+    backend = jax_backend(byte_tokenizer)
+    heads = backend.score_heads()
+    assert not heads.has_score_head()
+    heads.add_score_head(seed=3)
+    assert heads.has_score_head()
+    pad = byte_tokenizer.pad_id if byte_tokenizer.pad_id is not None else 0
+    heads.save_scorer(tmp_path / "scorer", pad_token_id=pad)
+    saved = __import__("json").loads((tmp_path / "scorer" / "config.json").read_text())
+    assert saved["architectures"] == ["LlamaForSequenceClassification"] and saved["num_labels"] == 1
+    assert saved["pad_token_id"] == pad
+
+    # rows of different lengths, right-padded: transformers reads each at its last real token
+    rows = [[5, 9, 33, 71, 120, 8], [44, 12, 90]]
+    ids = np.full((2, 8), pad, np.int64)
+    for i, row in enumerate(rows):
+        ids[i, :len(row)] = row
+    mask = (ids != pad).astype(np.int64)
+    jax_scores = np.asarray(objectives.token_scores(backend.model, {"input_ids": ids, "attention_mask": mask})[0])
+    last = [len(row) - 1 for row in rows]
+
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "scorer").eval()
+    with torch.no_grad():
+        pooled = hf(torch.from_numpy(ids)).logits[:, 0].numpy()
+        every = hf.score(hf.model(torch.from_numpy(ids)).last_hidden_state)[..., 0].numpy()
+    np.testing.assert_allclose(jax_scores[[0, 1], last], pooled, atol=1e-4, rtol=0)
+    # causal attention: every real token's score matches, padding hidden or not
+    for i, row in enumerate(rows):
+        np.testing.assert_allclose(jax_scores[i, :len(row)], every[i, :len(row)], atol=1e-4, rtol=0)
+
+    import rung
+
+    loaded = rung.backend("jax", model=str(tmp_path / "scorer"), device="cpu", precision="fp32")
+    assert loaded.score_heads().has_score_head()
+    np.testing.assert_allclose(
+        np.asarray(objectives.token_scores(loaded.model, {"input_ids": ids, "attention_mask": mask})[0]),
+        jax_scores, atol=1e-6)
+
+
+def test_score_head_on_a_torch_saved_model_equals_transformers_per_token(torch_checkpoint, tmp_path):
+    """torch side: a rung-torch model, its head added in transformers and saved there; jax loads
+    the classifier folder and gives its per-token scores on a shared-prompt batch."""
+    transformers = pytest.importorskip("transformers")
+    directory, _ = torch_checkpoint
+    torch.manual_seed(0)
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(directory, num_labels=1, pad_token_id=0)
+    with torch.no_grad():
+        hf.score.weight.normal_(0, 0.3)
+    hf.eval().save_pretrained(tmp_path / "hf-scorer")
+    from rung_jax.weights import load_model
+
+    model = load_model(tmp_path / "hf-scorer")
+    _, separate = shared_and_separate()
+    shared, _ = shared_and_separate()
+    with torch.no_grad():
+        every = hf.score(hf.model(torch.from_numpy(separate.input_ids)).last_hidden_state)[..., 0].numpy()
+    separate_jax = np.asarray(objectives.token_scores(model, plain(separate))[0])
+    real = separate.segment_ids >= 0
+    np.testing.assert_allclose(separate_jax[real], every[real], atol=1e-4, rtol=0)
+    packed_jax = np.asarray(objectives.token_scores(model, shared.batch())[0])
+    for a, b in zip(per_completion_tokens(packed_jax[:, 1:], shared, SHARED_ORDER),
+                    per_completion_tokens(every[:, 1:], separate, SEPARATE_ORDER)):
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("with_lora", [False, True])
+def test_the_engine_trains_the_score_head(tmp_path, byte_tokenizer, with_lora):
+    from flax import nnx
+
+    from rung.records import LoraSpec
+    from rung.training import TrainingOptions
+    from tests.jax.helpers import RecordingRun
+
+    backend = jax_backend(byte_tokenizer)
+    if with_lora:
+        backend.adapters().add_lora(LoraSpec(r=2, target_modules=("q_proj",), modules_to_save=("score",)))
+    backend.score_heads().add_score_head(seed=1)
+    model = backend.model
+    head_before = np.asarray(model.score.kernel.get_value()).copy()
+    embed_before = np.asarray(model.model.embed_tokens.embedding.get_value()).copy()
+    if with_lora:
+        trainable, total = backend.adapters().trainable_parameters()
+        lora = sum(int(np.prod(v.get_value().shape)) for _, v in nnx.to_flat_state(nnx.state(model, nnx.LoRAParam)))
+        assert trainable == lora + head_before.size < total
+    batch = {"input_ids": (np.arange(16)[None] * np.array([[1], [3]])) % 200}
+    options = TrainingOptions(steps=2, log_every=1, learning_rate=1e-2, warmup_steps=0, resume="never")
+    backend.engine().fit(last_token_score_loss, FixedStream(batch), options, RecordingRun(tmp_path))
+    assert not np.allclose(np.asarray(model.score.kernel.get_value()), head_before)
+    embed_after = np.asarray(model.model.embed_tokens.embedding.get_value())
+    assert np.array_equal(embed_after, embed_before) == with_lora  # frozen under LoRA, trained without

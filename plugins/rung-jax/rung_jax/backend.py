@@ -85,6 +85,12 @@ class JaxBackend(BaseBackend):
 
         return NnxAdapters(self)
 
+    def score_heads(self):
+        """A scalar head on `self.model` (`rung.interfaces.ScoreHeads`): reward models, PPO's value."""
+        from rung_jax.scoring import NnxScoreHeads
+
+        return NnxScoreHeads(self)
+
     def save(self, directory: str | Path) -> None:
         """Weights (model.safetensors, HF Llama names), config.json and the tokenizer."""
         from rung_jax.weights import save_model

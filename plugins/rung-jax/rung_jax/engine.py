@@ -50,9 +50,10 @@ def build_optimizer(options: Any) -> optax.GradientTransformation:
 
 
 def trainable_filter(model: nnx.Module) -> Any:
-    """LoRA adapters when the model has some (the base stays frozen), else every parameter."""
+    """LoRA adapters (and a score head: rung_jax.scoring) when the model has some (the base stays
+    frozen), else every parameter."""
     if any(True for _ in nnx.to_flat_state(nnx.state(model, nnx.LoRAParam))):
-        return nnx.LoRAParam
+        return nnx.Any(nnx.LoRAParam, nnx.All(nnx.Param, nnx.PathContains("score")))
     return nnx.Param
 
 

@@ -11,8 +11,11 @@ rung-torch or transformers Llama; `load_adapter` reads the same files back (and 
 wrote for rung-torch's model: plain LoRA on these module names).
 
 `NnxAdapters(backend)` is the jax backend's `rung.interfaces.Adapters` (`backend.adapters()`),
-what the `lora` trainer and `rung export` use. Plain LoRA only: DoRA, rsLoRA, QLoRA and
-modules_to_save are refused in one line; LoRA dropout is not applied (noted once).
+what the `lora` trainer and `rung export` use; `disabled(model)` switches the adapters off
+inside a block (a preference or RL trainer's reference policy). Plain LoRA only: DoRA,
+rsLoRA, QLoRA and modules_to_save other than the score head (`rung_jax.scoring`, always
+trained beside the adapters and saved with them as peft saves `modules_to_save`) are refused
+in one line; LoRA dropout is not applied (noted once).
 """
 
 from __future__ import annotations
@@ -45,6 +48,9 @@ class LoRALinear(nnx.Module):
         self.in_features, self.out_features = base.in_features, base.out_features
         self.lora = nnx.LoRA(base.in_features, rank, base.out_features, rngs=rngs)
         self.rank, self.alpha = rank, float(alpha)
+        # Static (part of the graph definition, so a jitted function compiles each setting
+        # once); `NnxAdapters.disabled` turns it off for a block: the base layer alone.
+        self.adapter_enabled = True
 
     @property
     def scaling(self) -> float:
@@ -52,6 +58,8 @@ class LoRALinear(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.kernel[...].astype(x.dtype)
+        if not self.adapter_enabled:
+            return x @ kernel
         a, b = self.lora.lora_a[...].astype(x.dtype), self.lora.lora_b[...].astype(x.dtype)
         return x @ kernel + ((x @ a) @ b) * jnp.asarray(self.scaling, x.dtype)
 
@@ -97,6 +105,8 @@ def save_adapter(model: nnx.Module, directory: str | Path, base_model: str | Non
 
     from rung_jax.weights import host_array
 
+    from rung_jax.scoring import HEAD, has_score_head
+
     modules = lora_modules(model)
     if not modules:
         raise RungError("the model has no LoRA adapters to save")
@@ -106,6 +116,11 @@ def save_adapter(model: nnx.Module, directory: str | Path, base_model: str | Non
         b = host_array(module.lora.lora_b.get_value()).astype(np.float32)  # [r, out]
         tensors[f"base_model.model.{path}.lora_A.weight"] = np.ascontiguousarray(a.T)
         tensors[f"base_model.model.{path}.lora_B.weight"] = np.ascontiguousarray(b.T)
+    saved_in_full = []
+    if has_score_head(model):  # trained in full beside the adapters: peft's modules_to_save key
+        kernel = host_array(getattr(model, HEAD).kernel.get_value()).astype(np.float32)  # [hidden, 1]
+        tensors[f"base_model.model.{HEAD}.weight"] = np.ascontiguousarray(kernel.T)
+        saved_in_full.append(HEAD)
     first = modules[0][1]
     config = {
         "peft_type": "LORA",
@@ -123,7 +138,7 @@ def save_adapter(model: nnx.Module, directory: str | Path, base_model: str | Non
         "init_lora_weights": True,
         "use_rslora": False,
         "use_dora": False,
-        "modules_to_save": None,
+        "modules_to_save": saved_in_full or None,
     }
     if jax.process_index() == 0:
         directory = Path(directory)
@@ -149,6 +164,7 @@ def load_adapter(model: nnx.Module, directory: str | Path) -> nnx.Module:
     targets = [targets] if isinstance(targets, str) else list(targets)
     apply_lora(model, int(config["r"]), float(config["lora_alpha"]), targets)
     tensors = load_file(str(directory / ADAPTER_WEIGHTS))
+    _load_score_head(model, tensors, directory)
     for path, module in lora_modules(model):
         for factor, var in (("lora_A", module.lora.lora_a), ("lora_B", module.lora.lora_b)):
             key = next((k for k in (f"base_model.model.{path}.{factor}.weight",
@@ -161,6 +177,22 @@ def load_adapter(model: nnx.Module, directory: str | Path) -> nnx.Module:
                                 f"{var.get_value().shape[::-1]}")
             var.set_value(jnp.asarray(value, var.get_value().dtype))
     return model
+
+
+def _load_score_head(model: nnx.Module, tensors: dict[str, np.ndarray], directory: Path) -> None:
+    """The score head saved beside the adapters (peft's `modules_to_save` key), if any."""
+    from rung_jax.scoring import HEAD, attach_score_head, has_score_head
+
+    names = (f"base_model.model.{HEAD}.weight", f"base_model.model.{HEAD}.modules_to_save.default.weight")
+    value = next((tensors[k] for k in names if k in tensors), None)
+    if value is None:
+        return
+    if not has_score_head(model):
+        attach_score_head(model)
+    var = getattr(model, HEAD).kernel
+    if value.T.shape != var.get_value().shape:
+        raise RungError(f"{directory}: {HEAD}.weight has shape {value.shape}, expected {var.get_value().shape[::-1]}")
+    var.set_value(jnp.asarray(value.T, var.get_value().dtype))
 
 
 def merge_lora(model: nnx.Module) -> nnx.Module:
@@ -185,12 +217,17 @@ class NnxAdapters:
         self.backend = backend
 
     def add_lora(self, spec: LoraSpec) -> None:
+        from rung_jax.scoring import HEAD
+
+        # The score head is trained beside the adapters anyway (rung_jax.scoring): naming it is fine.
+        in_full = [name for name in spec.modules_to_save if name != HEAD]
         refused = [name for name, wanted in (("use_dora", spec.dora), ("use_rslora", spec.rslora),
-                                             ("qlora", spec.qlora), ("modules_to_save", bool(spec.modules_to_save)))
+                                             ("qlora", spec.qlora), ("modules_to_save", bool(in_full)))
                    if wanted]
         if refused:
             raise ConfigError(f"trainer.{refused[0]}: LoRA on the jax backend is plain LoRA only "
-                              "(use the torch or hf backend for DoRA, rsLoRA, QLoRA and modules_to_save)")
+                              f"(use the torch or hf backend for DoRA, rsLoRA, QLoRA and modules_to_save "
+                              f"other than '{HEAD}')")
         model = self.backend.model
         targets = self._targets(model, spec.target_modules)
         if spec.dropout:
@@ -216,9 +253,12 @@ class NnxAdapters:
         return tuple(choice)
 
     def trainable_parameters(self) -> tuple[int, int]:
+        """(trainable, total): what the engine's step trains (`rung_jax.engine.trainable_filter`)."""
+        from rung_jax.engine import trainable_filter
+
         sizes = lambda state: sum(int(np.prod(v.get_value().shape)) for _, v in nnx.to_flat_state(state))  # noqa: E731
         model = self.backend.model
-        return sizes(nnx.state(model, nnx.LoRAParam)), sizes(nnx.state(model, nnx.Param))
+        return sizes(nnx.state(model, trainable_filter(model))), sizes(nnx.state(model, nnx.Param))
 
     def save_adapter(self, directory: str | Path, **note: Any) -> None:
         save_adapter(self.backend.model, directory, base_model=note.get("base"))

@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from rung.objectives import IGNORE_INDEX
+from rung_jax.scoring import score_of
 
 
 def shared_prompt_layout(segment_ids: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -100,6 +101,21 @@ def _token_logprobs(model: Any, batch: Mapping[str, Any]) -> tuple[jax.Array, di
     return -nll, {}
 
 
+def _token_scores(model: Any, batch: Mapping[str, Any]) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The score head at every position, [B, T] fp32 (each token as it sees the batch's layout)."""
+    hidden, _ = _hidden(model, batch)
+    return score_of(model, hidden).astype(jnp.float32), {}
+
+
+def _logprobs_and_scores(model: Any, batch: Mapping[str, Any]) -> tuple[tuple[jax.Array, jax.Array], dict]:
+    """(token_logprobs, token_scores) of one forward pass through the trunk."""
+    hidden, sources = _hidden(model, batch)
+    scores = score_of(model, hidden).astype(jnp.float32)
+    predicting, targets = _predicting(hidden, sources, batch)
+    nll, _ = _token_nll(model.output_logits(predicting).astype(jnp.float32), targets)
+    return (-nll, scores), {}
+
+
 class JitWhenConcrete:
     """An objective that is traced as is inside a caller's jit (the engine's step, where the
     batch holds tracers) and runs through `nnx.jit` when called on concrete arrays, compiled
@@ -124,3 +140,5 @@ next_token_loss = JitWhenConcrete(_next_token_loss)
 token_nll_sum = JitWhenConcrete(_token_nll_sum)
 sequence_logprobs = JitWhenConcrete(_sequence_logprobs)
 token_logprobs = JitWhenConcrete(_token_logprobs)
+token_scores = JitWhenConcrete(_token_scores)
+logprobs_and_scores = JitWhenConcrete(_logprobs_and_scores)

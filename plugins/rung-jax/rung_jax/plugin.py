@@ -16,7 +16,8 @@ def rung_register_backends(register):
     )
 
 
-OBJECTIVES = ("next_token_loss", "token_nll_sum", "sequence_logprobs", "token_logprobs")
+OBJECTIVES = ("next_token_loss", "token_nll_sum", "sequence_logprobs", "token_logprobs", "token_scores",
+              "logprobs_and_scores")
 
 
 @hookimpl

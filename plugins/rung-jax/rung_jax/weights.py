@@ -107,8 +107,15 @@ def load_tensors(model: nnx.Module, tensors: dict[str, np.ndarray], source: str 
 
 
 def load_model(directory: str | Path, config: ModelConfig | None = None) -> nnx.Module:
-    """A model from a checkpoint directory (config.json + safetensors)."""
+    """A model from a checkpoint directory (config.json + safetensors).
+
+    A `score.weight` in the weights (a sequence classifier saved by `save_scorer`, by
+    transformers or by rung-torch; or a model saved with its head) gives the model its score
+    head back. A classifier folder has no `lm_head.weight`: an untied model then gets a zero
+    output head (it scores; its next-token logits are uniform).
+    """
     from rung_jax.model import Llama
+    from rung_jax.scoring import attach_score_head, is_classifier
 
     directory = Path(directory)
     if not (directory / "config.json").is_file():
@@ -119,6 +126,10 @@ def load_model(directory: str | Path, config: ModelConfig | None = None) -> nnx.
         raise RungError(f"{directory}: model_type '{hf.get('model_type')}' is not a Llama model")
     model = nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0)))
     tensors = read_safetensors(directory)
+    if "score.weight" in tensors:
+        attach_score_head(model)
+    if is_classifier(hf) and not config.tie_embeddings and "lm_head.weight" not in tensors:
+        tensors["lm_head.weight"] = np.zeros((config.vocab_size, config.dim), np.float32)
     # eval_shape leaves ShapeDtypeStructs: give every parameter a real array first.
     for _, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         var.set_value(jnp.zeros(var.get_value().shape, var.get_value().dtype))
