@@ -4,6 +4,7 @@ log-probs), normalisation by real completion tokens, and runs that learn, log, s
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -154,3 +155,116 @@ def test_group_advantages_and_zero_variance_group():
     expected = (np.array([1, 0, 1]) - 2 / 3) / (np.std([1, 0, 1], ddof=1) + 1e-4)
     assert np.allclose(adv[:3], expected, atol=1e-6)
     assert np.allclose(group_advantages(np.array([1.0, 0.0]), 2, scale=False), [0.5, -0.5])
+
+
+# ---------------------------------------------------------------- runs
+
+from rung.config import make_config  # noqa: E402
+from rung.runner import Run, build  # noqa: E402
+from tests.rlhf.conftest import write_jsonl  # noqa: E402
+
+STARTS_WITH_DIGIT = {"name": "format_match", "pattern": r"[0-9][\s\S]*"}
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def prompt_files(tmp_path_factory):
+    import random
+
+    rng = random.Random(0)
+    rows = [{"prompt": f"{rng.randrange(10, 99)}+{rng.randrange(10, 99)}=", "reference": "0"} for _ in range(48)]
+    folder = tmp_path_factory.mktemp("prompts")
+    return write_jsonl(folder / "train.jsonl", rows[:40]), write_jsonl(folder / "eval.jsonl", rows[40:])
+
+
+def grpo_run(out, model_dir, prompts, stop_at=None, backend=None, **trainer):
+    config = make_config({
+        "output_dir": str(out),
+        "backend": backend or {"name": "torch", "model": str(model_dir), "device": "cpu", "precision": "fp32"},
+        "data": {"name": "prompts_jsonl", "path": str(prompts[0])},
+        "trainer": {"name": "grpo", "steps": 6, "batch_size": 4, "num_generations": 4, "max_completion_length": 4,
+                    "max_prompt_length": 24, "max_length": 64, "chat_template": "plain", "learning_rate": 1e-2,
+                    "log_every": 1, "eval_every": 100, "eval_data": {"name": "prompts_jsonl", "path": str(prompts[1])},
+                    "rewards": [STARTS_WITH_DIGIT], "resume": "never", **trainer},
+        "logging": {"sinks": [{"name": "jsonl"}]},
+        "seed": 0,
+    })
+    run = Run(config)
+    run.output_dir.mkdir(parents=True, exist_ok=True)
+    if stop_at is not None:  # a run cut off right after the checkpoint of step `stop_at`
+        def checkpointed(step, path):
+            if step == stop_at:
+                raise Interrupted
+        run.checkpointed = checkpointed
+    trainer_ = build(run.plugins, "trainer", config.trainer)
+    try:
+        result = trainer_.train(run)
+    except Interrupted:
+        result = None
+    run.close()
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return trainer_, result, metrics
+
+
+def test_grpo_raises_mean_reward_on_a_verifiable_task(tmp_path, tiny_model_dir, prompt_files):
+    """Reward 1 when the completion starts with a digit: the mean reward of the sampled
+    completions climbs over a few dozen steps on the tiny model."""
+    _, result, metrics = grpo_run(tmp_path, tiny_model_dir, prompt_files, steps=20, num_generations=8,
+                                  learning_rate=2e-2, eval_every=20, eval_on_start=True)
+    rewards = [m["reward_mean"] for m in metrics if "reward_mean" in m]
+    assert len(rewards) == 20
+    first, last = np.mean(rewards[:5]), np.mean(rewards[-5:])
+    assert last > first + 0.3, rewards
+    evals = [m["eval_reward"] for m in metrics if "eval_reward" in m]
+    assert len(evals) == 2 and evals[-1] > evals[0], evals
+    assert (tmp_path / "model" / "model.safetensors").is_file()
+
+
+def test_rung_run_trains_logs_rewards_and_saves(tmp_path, tiny_model_dir, prompt_files):
+    import yaml
+    from click.testing import CliRunner
+
+    from rung.cli.main import cli
+
+    config = {
+        "output_dir": str(tmp_path / "out"),
+        "backend": {"name": "torch", "model": str(tiny_model_dir), "device": "cpu", "precision": "fp32"},
+        "data": {"name": "prompts_jsonl", "path": str(prompt_files[0])},
+        "trainer": {"name": "grpo", "steps": 4, "batch_size": 2, "num_generations": 4, "max_completion_length": 4,
+                    "max_prompt_length": 24, "max_length": 48, "chat_template": "plain", "learning_rate": 1e-2,
+                    "log_every": 2, "eval_size": 4, "beta": 0.05, "num_iterations": 2,
+                    "rewards": [STARTS_WITH_DIGIT, {"name": "length", "target": 4}]},
+        "logging": {"sinks": [{"name": "jsonl"}]},
+    }
+    path = tmp_path / "grpo.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = CliRunner().invoke(cli, ["run", str(path)])
+    assert out.exit_code == 0, out.output
+    metrics = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    logged = [m for m in metrics if "reward_mean" in m]
+    assert [m["step"] for m in logged] == [2, 4]
+    for key in ("reward_std", "reward_format_match", "reward_length", "kl", "clip_fraction", "completion_length"):
+        assert key in logged[-1], key
+    assert logged[-1]["kl"] > 0  # the policy moved away from its frozen copy
+    assert "eval_reward" in metrics[-1] and "eval_reward_length" in metrics[-1]
+    assert (tmp_path / "out" / "model" / "model.safetensors").is_file()
+    assert (tmp_path / "out" / "model" / "tokenizer.json").is_file()
+
+
+def test_resume_continues_with_the_same_losses(tmp_path, tiny_model_dir, prompt_files):
+    """A run cut off after its step-3 checkpoint and resumed gives the losses of one that ran through."""
+    options = dict(steps=6, save_every=3, eval_data=None, eval_size=0, beta=0.05)
+    _, _, whole = grpo_run(tmp_path / "whole", tiny_model_dir, prompt_files, **options)
+    _, none, _ = grpo_run(tmp_path / "cut", tiny_model_dir, prompt_files, stop_at=3, **options)
+    assert none is None
+    trainer, result, resumed = grpo_run(tmp_path / "cut", tiny_model_dir, prompt_files, resume="auto", **options)
+    assert result.steps == 6 and trainer.stream.calls == 6
+    losses = {m["step"]: m["loss"] for m in whole if "loss" in m}
+    again = {m["step"]: m["loss"] for m in resumed if "loss" in m}
+    assert sorted(again) == [1, 2, 3, 4, 5, 6]  # steps 1-3 from the first part, 4-6 resumed
+    assert all(abs(losses[s] - again[s]) < 1e-5 for s in range(1, 7)), (losses, again)
+    rewards = {m["step"]: m["reward_mean"] for m in whole if "reward_mean" in m}
+    assert rewards == {m["step"]: m["reward_mean"] for m in resumed if "reward_mean" in m}
