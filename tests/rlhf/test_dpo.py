@@ -23,7 +23,7 @@ from rung.errors import RungError  # noqa: E402
 from rung.records import Message, PreferencePair  # noqa: E402
 from rung.runner import Run, build  # noqa: E402
 from rung_lora.templates import make_renderer  # noqa: E402
-from rung_rlhf.dpo import DPOObjective, dpo_loss  # noqa: E402
+from rung_rlhf.dpo import DPOObjective  # noqa: E402
 from rung_rlhf.formatting import Formatter, TokenizedPair  # noqa: E402
 from rung_rlhf.pairs import collate_pairs  # noqa: E402
 from rung_rlhf.preference_options import DPOOptions  # noqa: E402
