@@ -68,8 +68,9 @@ def test_accuracy_rises_and_the_saved_scorer_gives_the_same_scores(tmp_path, sep
     run, rows = train_reward(tmp_path, separable, **options)
     evals = [m for m in rows if "eval_accuracy" in m]
     assert evals[0]["step"] == 0 and evals[-1]["step"] == 30
-    assert evals[-1]["eval_accuracy"] >= 0.9 > evals[0]["eval_accuracy"], [m["eval_accuracy"] for m in evals]
-    assert evals[-1]["eval_loss"] < evals[0]["eval_loss"]
+    # A new head scores every answer near 0 (loss log 2, accuracy a coin's); training separates them.
+    assert evals[0]["eval_loss"] == pytest.approx(np.log(2), abs=0.05)
+    assert evals[-1]["eval_accuracy"] >= 0.9 and evals[-1]["eval_loss"] < 0.3, evals
     assert any("accuracy" in m and "rewards/margins" in m for m in rows)  # the step metrics are logged
     if lora:
         first = next(m for m in rows if "trainable_params" in m)
