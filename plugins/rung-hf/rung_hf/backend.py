@@ -182,16 +182,33 @@ class HFBackend(BaseBackend):
 
         return PeftAdapters(self)
 
+    def score_heads(self) -> Any:
+        """A scalar head on `self.model` (`rung.interfaces.ScoreHeads`, rung-torch's code)."""
+        from rung_torch.scoring import TorchScoreHeads
+
+        return TorchScoreHeads(self)
+
+    def frozen_copy(self) -> Any:
+        """A copy of the model as it is now: eval mode, no gradients, untouched by training."""
+        from rung_torch.backend import frozen_copy
+
+        return frozen_copy(self.model)
+
     def save(self, directory: str | Path) -> None:
         """The model in the Hugging Face format (safetensors, config.json, generation_config.json)
-        and the tokenizer, so transformers, rung-hf (and rung-torch, for Llama) load it."""
+        and the tokenizer, so transformers, rung-hf (and rung-torch, for Llama) load it. It is the
+        causal LM: a score head is saved as a sequence classifier by `score_heads().save_scorer`."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         from rung_hf.loading import quiet_progress
+        from rung_torch.scoring import SCORE
 
         model = _unwrap(self.model)
+        kwargs: dict[str, Any] = {}
+        if SCORE in getattr(model, "_modules", {}):  # a head on the model itself (not a peft wrapper)
+            kwargs["state_dict"] = {k: v for k, v in model.state_dict().items() if not k.startswith("score.")}
         with quiet_progress(True):
-            model.save_pretrained(str(directory))
+            model.save_pretrained(str(directory), **kwargs)
         self.hf_tokenizer.save_pretrained(str(directory))
 
     def __repr__(self) -> str:

@@ -213,19 +213,81 @@ def load_model(options: Any) -> tuple[Any, Any, Source]:
         kwargs["attn_implementation"] = options.attn_implementation
     from transformers import AutoModelForCausalLM
 
+    score = saved_score_weight(source.path) if source.local else None
     try:
-        with quiet_progress(source.local):
-            model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
+        with quiet_progress(source.local), quiet_load_report(score is not None):
+            model = AutoModelForCausalLM.from_pretrained(source.path, output_loading_info=True, **kwargs)
     except Exception as exc:  # one line for the user, whatever transformers raised
         if _debug():
             raise
         raise load_error("model", source, "backend.model", exc) from None
+    model, info = model
+    if score is not None:
+        give_back_score_head(model, score, info.get("missing_keys", ()))
     if options.device_map is None:
         model.to(device)
     else:
         device = next(model.parameters()).device
     model.eval()
     return model, device, source
+
+
+def saved_score_weight(directory: str) -> Any | None:
+    """`score.weight` of a local checkpoint that has one (a sequence classifier written by
+    rung's `save_scorer` or by transformers), else None; read from the safetensors header on."""
+    import json
+
+    from safetensors import safe_open
+
+    folder = Path(directory)
+    files = [folder / "model.safetensors"]
+    index = folder / "model.safetensors.index.json"
+    if not files[0].is_file() and index.is_file():
+        shard = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {}).get("score.weight")
+        files = [folder / shard] if shard else []
+    for file in files:
+        if file.is_file():
+            with safe_open(str(file), framework="pt") as weights:
+                if "score.weight" in weights.keys():
+                    return weights.get_tensor("score.weight")
+    return None
+
+
+def give_back_score_head(model: Any, weight: Any, missing: Any) -> None:
+    """A sequence classifier loaded as a causal LM: its score head back on the model, and its
+    output head, which a classifier has none of, zeros rather than transformers' random init."""
+    import torch
+
+    from rung_torch.scoring import attach_score_head
+
+    head = model.get_output_embeddings()
+    tied = head is not None and head.weight is model.get_input_embeddings().weight
+    if head is not None and not tied and any(name.endswith("lm_head.weight") for name in missing):
+        with torch.no_grad():
+            head.weight.zero_()
+    attach_score_head(model, weight)
+
+
+class quiet_load_report:
+    """transformers' load report off while a sequence classifier loads as a causal LM: its
+    unexpected `score.weight` and missing `lm_head.weight` are expected and handled."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.level: int | None = None
+
+    def __enter__(self) -> None:
+        if self.quiet:
+            from transformers.utils import logging as hf_logging
+
+            self.level = hf_logging.get_verbosity()
+            hf_logging.set_verbosity_error()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.level is not None:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.set_verbosity(self.level)
 
 
 class quiet_progress:

@@ -96,8 +96,19 @@ class TorchBackend(BaseBackend):
 
         return PeftAdapters(self)
 
+    def score_heads(self):
+        """A scalar head on `self.model` (`rung.interfaces.ScoreHeads`): reward models, PPO's values."""
+        from rung_torch.scoring import TorchScoreHeads
+
+        return TorchScoreHeads(self)
+
+    def frozen_copy(self) -> Any:
+        """A copy of the model as it is now: eval mode, no gradients, untouched by training."""
+        return frozen_copy(self.model)
+
     def save(self, directory: str | Path) -> None:
-        """Weights (model.safetensors), config.json and the tokenizer, as transformers reads them."""
+        """Weights (model.safetensors), config.json and the tokenizer, as transformers reads them
+        (the causal LM: a score head is saved by `score_heads().save_scorer`)."""
         from rung_torch.weights import save_weights
 
         save_weights(self.model, directory)
@@ -157,6 +168,27 @@ class TorchBackend(BaseBackend):
 
     def __repr__(self) -> str:
         return f"TorchBackend(model={self.name!r}, device={self.device}, precision={self.precision})"
+
+
+def frozen_copy(model: Any) -> Any:
+    """A deep copy of `model` (DDP/compile unwrapped; peft adapters kept) in eval mode with
+    requires_grad False: its own tensors, so training the original never changes it."""
+    import copy
+
+    from rung_torch.modeling import unwrap
+
+    model = unwrap(model)
+    # Generation's flattened weights (`generate.FastForward`, cached on rung models) are not copied.
+    memo = {id(m.__dict__[_FAST]): None for m in model.modules() if _FAST in m.__dict__}
+    clone = copy.deepcopy(model, memo)
+    for module in clone.modules():
+        module.__dict__.pop(_FAST, None)
+    clone.eval()
+    clone.requires_grad_(False)
+    return clone
+
+
+_FAST = "_rung_fast_forward"
 
 
 def _is_rank_zero() -> bool:

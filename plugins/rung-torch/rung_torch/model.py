@@ -7,7 +7,9 @@ its keys (`model.embed_tokens.weight`, `model.layers.0.self_attn.q_proj.weight`,
 `lm_head.weight`) and a checkpoint loads in either.
 
 `forward(input_ids)` returns logits (batch, seq, vocab). Generation passes a `KVCache` and
-the position to write at; training never does.
+the position to write at; training never does. A reward model or PPO value head adds a scalar
+head `score` (`nn.Linear(dim, 1)`, transformers' sequence-classifier name: see
+`rung_torch.scoring`), read through `forward(..., output="scores")`.
 """
 
 from __future__ import annotations
@@ -199,7 +201,8 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
         start: int = 0,
         last_only: bool = False,
-    ) -> torch.Tensor:
+        output: str = "logits",
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Logits (batch, seq, vocab) of `input_ids` (batch, seq).
 
         `attention_mask` (batch, seq) marks real tokens with 1 and padding with 0 (or, with a
@@ -207,6 +210,11 @@ class Transformer(nn.Module):
         (batch, 1, seq, start + seq), True where a query may look, or additive: 0 or -inf). `position_ids` default to
         `start + arange(seq)`. With a `cache`, keys and values are written at `start`.
         `last_only` computes the logits of the last position only.
+
+        `output` picks what comes out of the final norm's hidden states (batch, seq, dim):
+        "logits" (the default), "hidden" (the states themselves), "scores" (the score head,
+        batch x seq, in the head's dtype: `rung_torch.scoring`) or "logits_and_scores" (both,
+        from one pass). Asking through `forward` keeps DDP, FSDP and peft wrappers in the call.
         """
         B, T = input_ids.shape
         end = start + T
@@ -237,7 +245,22 @@ class Transformer(nn.Module):
                 x = layer(x, cos, sin, mask, layer_cache, start)
         if last_only:
             x = x[:, -1:]
-        return self.lm_head(self.model.norm(x))
+        hidden = self.model.norm(x)
+        if output == "logits":
+            return self.lm_head(hidden)
+        if output == "hidden":
+            return hidden
+        score = getattr(self, "score", None)
+        if score is None:
+            from rung.errors import RungError
+
+            raise RungError("the model has no score head: add one first (backend.score_heads().add_score_head())")
+        scores = score(hidden)[..., 0]
+        if output == "scores":
+            return scores
+        if output == "logits_and_scores":
+            return self.lm_head(hidden), scores
+        raise ValueError(f"output must be logits, hidden, scores or logits_and_scores, not {output!r}")
 
     def _mask(self, attention_mask: torch.Tensor | None, T: int, start: int) -> torch.Tensor:
         """(batch or 1, 1, T, start + T) bool: causal, no padded key, each query sees itself."""

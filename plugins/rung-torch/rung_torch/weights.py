@@ -1,7 +1,8 @@
 """Checkpoints as transformers writes them: `model.safetensors` plus `config.json`.
 
 Parameter names are `LlamaForCausalLM`'s; `lm_head.weight` is left out when the embeddings
-are tied. Loading reads safetensors only (one file, or shards listed in
+are tied, and a score head is not saved here (`rung_torch.scoring.save_scorer` writes the
+sequence classifier; `load_model` reads either). Loading reads safetensors only (one file, or shards listed in
 `model.safetensors.index.json`), never pickle.
 """
 
@@ -32,6 +33,8 @@ def save_weights(model: Any, directory: str | Path) -> Path:
     state = model.state_dict()
     if model.config.tie_embeddings:
         state.pop("lm_head.weight", None)
+    # The causal LM as transformers reads it: a score head is saved by `scoring.save_scorer`.
+    state.pop("score.weight", None)
     # FSDP2 shards parameters as DTensors: gather each whole (every rank must take part).
     tensors = {
         name: (t.full_tensor() if hasattr(t, "full_tensor") else t).detach().to("cpu").contiguous()
@@ -128,5 +131,14 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Any
         raise RungError(f"{directory}/config.json: {exc}") from None
     # Built on the CPU, not under `with torch.device(...)`: that context imports torch._dynamo (~5 s).
     model = Transformer(config, seed=None, init=False)
-    load_into(model, read_state_dict(directory), where=str(directory))
+    state = read_state_dict(directory)
+    score = state.pop("score.weight", None)
+    if score is not None:  # a sequence classifier (`scoring.save_scorer`): its head comes back
+        from rung_torch.scoring import attach_score_head
+
+        attach_score_head(model, score)
+        if not config.tie_embeddings and "lm_head.weight" not in state:
+            state["lm_head.weight"] = torch.zeros(config.vocab_size, config.dim)  # a scorer has none
+        state["score.weight"] = score
+    load_into(model, state, where=str(directory))
     return model.to(device)
