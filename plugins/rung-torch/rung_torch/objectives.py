@@ -5,7 +5,9 @@ Each is `objective(model, batch) -> (value, metrics)` for any torch causal LM (r
 are right-padded, so causal attention never lets a real token see a pad: the attention mask
 is not passed, which keeps the fast causal attention kernels. A batch with `segment_ids`
 (one prompt shared by several completions) gets the shared-prompt mask and positions of
-`rung.objectives.shared_prompt_layout`, built here in torch ops.
+`rung.objectives.shared_prompt_layout`, built here in torch ops. `token_scores` and
+`logprobs_and_scores` read the model's score head (`rung_torch.scoring`) over the final normed
+hidden states, in the same call through the model's wrappers as the logits.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rung.errors import RungError
 from rung.objectives import IGNORE_INDEX
 from rung_torch.modeling import forward_logits
+from rung_torch.scoring import is_rung_model, score_head, score_owner
 
 
 def _tensor(value: Any, device: torch.device) -> torch.Tensor:
@@ -67,13 +71,61 @@ def predictions(model: Any, batch: Mapping[str, Any]) -> tuple[torch.Tensor, tor
     ids = _tensor(batch["input_ids"], _device(model))
     if batch.get("segment_ids") is not None:
         logits, _ = _segment_logits(model, ids, batch["segment_ids"])
-        labels = _tensor(batch["labels"], ids.device).long() if "labels" in batch else ids
-        return logits.float(), labels[:, 1:]
-    logits = forward_logits(model, ids)
-    if "targets" in batch:
+        return _aligned(logits, ids, batch, shared=True)
+    return _aligned(forward_logits(model, ids), ids, batch, shared=False)
+
+
+def _aligned(logits: torch.Tensor, ids: torch.Tensor, batch: Mapping[str, Any],
+             shared: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """`logits` and the tokens they predict, by the batch's convention (`shared`: logits already
+    re-indexed so that entry t - 1 predicts token t)."""
+    if "targets" in batch and not shared:
         return logits.float(), _tensor(batch["targets"], ids.device).long()
     labels = _tensor(batch["labels"], ids.device).long() if "labels" in batch else ids
-    return logits[:, :-1].float(), labels[:, 1:]
+    return (logits if shared else logits[:, :-1]).float(), labels[:, 1:]
+
+
+def _logits_and_scores(model: Any, ids: torch.Tensor, want_logits: bool, **kwargs: Any) -> tuple[Any, torch.Tensor]:
+    """One forward pass through `model` and its wrappers (DDP, FSDP, peft: their hooks run):
+    the logits (None unless `want_logits`) and the score head [B, T] in fp32, both from the
+    final normed hidden states."""
+    owner = score_owner(model)
+    head = score_head(model)
+    if head is None:
+        raise RungError("the model has no score head: add one first (backend.score_heads().add_score_head())")
+    if is_rung_model(owner):
+        out = model(ids, output="logits_and_scores" if want_logits else "scores", **kwargs)
+        logits, scores = out if want_logits else (None, out)
+        return logits, scores.float()
+    if not want_logits and _takes_logits_to_keep(owner):
+        kwargs["logits_to_keep"] = 1  # the vocabulary projection of one position, not of every one
+    out = model(ids, output_hidden_states=True, **kwargs)
+    hidden = out.hidden_states[-1]  # after the final norm, as transformers' classifiers read it
+    dtype = next(head.parameters()).dtype
+    return (out.logits if want_logits else None), head(hidden.to(dtype))[..., 0].float()
+
+
+def _takes_logits_to_keep(model: Any) -> bool:
+    import inspect
+
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _scored(model: Any, batch: Mapping[str, Any], want_logits: bool) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    """(logits re-indexed for `segment_ids` as `predictions` has them, or None; scores [B, T]
+    aligned with the input positions; input_ids)."""
+    ids = _tensor(batch["input_ids"], _device(model))
+    if batch.get("segment_ids") is None:
+        logits, scores = _logits_and_scores(model, ids, want_logits)
+        return logits, scores, ids
+    positions, additive, sources = shared_prompt_layout(_tensor(batch["segment_ids"], ids.device))
+    logits, scores = _logits_and_scores(model, ids, want_logits, attention_mask=additive, position_ids=positions)
+    if logits is not None:
+        logits = torch.gather(logits, 1, sources[:, 1:, None].expand(-1, -1, logits.shape[-1]))
+    return logits, scores, ids
 
 
 def next_token_loss(model: Any, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -101,3 +153,19 @@ def sequence_logprobs(model: Any, batch: Mapping[str, Any]) -> tuple[torch.Tenso
 
 def token_logprobs(model: Any, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
     return _token_logprobs(*predictions(model, batch)), {}
+
+
+def token_scores(model: Any, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The score head at every input position, [B, T] fp32 (with `segment_ids`: each position
+    sees what it sees in `token_logprobs`, so a completion's scores equal those of
+    prompt + completion alone)."""
+    _, scores, _ = _scored(model, batch, want_logits=False)
+    return scores, {}
+
+
+def logprobs_and_scores(model: Any, batch: Mapping[str, Any]) -> tuple[tuple[torch.Tensor, torch.Tensor], dict]:
+    """(token_logprobs, token_scores) of one forward pass: the hidden states once, then the
+    language-model head and the score head (PPO's policy and value)."""
+    logits, scores, ids = _scored(model, batch, want_logits=True)
+    shared = batch.get("segment_ids") is not None
+    return (_token_logprobs(*_aligned(logits, ids, batch, shared=shared)), scores), {}

@@ -12,7 +12,8 @@ def rung_register_backends(register):
              framework="torch")
 
 
-OBJECTIVES = ("next_token_loss", "token_nll_sum", "sequence_logprobs", "token_logprobs")
+OBJECTIVES = ("next_token_loss", "token_nll_sum", "sequence_logprobs", "token_logprobs", "token_scores",
+              "logprobs_and_scores")
 
 
 @hookimpl
@@ -20,3 +21,5 @@ def rung_register_objectives(register):
     for name in OBJECTIVES:
         register(name, impl=f"rung_torch.objectives:{name}", framework="torch",
                  summary=f"{name} for torch models")
+    register("sample_tokens", impl="rung_torch.sampling:sample_tokens", framework="torch",
+             summary="batched KV-cache sampling of token ids (rung models: rung's decoder; transformers: generate)")
