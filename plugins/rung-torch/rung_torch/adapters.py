@@ -5,12 +5,17 @@ target modules per architecture, LoRA / DoRA / rsLoRA / QLoRA through peft, savi
 format (`adapter_model.safetensors`, `adapter_config.json`) with rung's note beside it
 (`rung_adapter.json`: base, backend, options, chat template), loading and merging. It works on
 `backend.model` as it is (rung's `Transformer` or any transformers model), replacing it with
-the peft wrapper, so the backend's engine then trains only the adapters.
+the peft wrapper, so the backend's engine then trains only the adapters (and a score head,
+kept trainable through `modules_to_save`). `disabled(model)` switches the adapters off for a
+block: the frozen base as a preference or RL trainer's reference, no second model in memory.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +47,11 @@ class PeftAdapters:
         self.backend = backend
 
     def add_lora(self, spec: LoraSpec) -> None:
+        from rung_torch.scoring import SCORE, score_head
+
+        if score_head(self.backend.model) is not None and SCORE not in spec.modules_to_save:
+            # A reward model's or PPO value's head is trained in full beside the adapters.
+            spec = dataclasses.replace(spec, modules_to_save=(*spec.modules_to_save, SCORE))
         with torch.random.fork_rng(devices=[]):  # the adapters' initial weights come from spec.seed
             torch.manual_seed(spec.seed)
             self.backend.model = wrap_lora(self.backend.model, spec)
@@ -79,6 +89,26 @@ class PeftAdapters:
         merged = model.merge_and_unload()
         weights_changed(merged)  # peft merges through `weight.data`
         self.backend.model = merged
+
+    @contextlib.contextmanager
+    def disabled(self, model: Any = None) -> Iterator[Any]:
+        """`model` (default: the backend's; or the one an engine's evaluation context yields)
+        with its LoRA adapters switched off inside the block: the base model's outputs, and a
+        score head under `modules_to_save` back to its original weights."""
+        model = self.backend.model if model is None else model
+        peft = peft_model(model)
+        if peft is None:
+            raise RungError("the model has no LoRA adapters to switch off")
+        with peft.disable_adapter():
+            yield model
+
+
+def peft_model(model: Any) -> Any | None:
+    """The peft model that is `model` or is under its DDP/compile wrappers, or None."""
+    from rung_torch.modeling import unwrap
+
+    model = unwrap(model)
+    return model if hasattr(model, "disable_adapter") and hasattr(model, "peft_config") else None
 
 
 def _linear_like(module: nn.Module) -> bool:
