@@ -112,7 +112,7 @@ def grpo_loss(models, batch, beta=0.04):
     _, _, new, _ = models
     value, metrics = GRPOLoss(token_logprobs, 0.2, None, beta)(new, batch)
     assert value.requires_grad  # the loss trains the policy
-    return float(value.detach()), {k: float(v) for k, v in metrics.items()}
+    return float(value.detach()), {k: float(v.detach()) for k, v in metrics.items()}
 
 
 @pytest.mark.parametrize("normalize", ["token", "sequence"])
@@ -268,3 +268,26 @@ def test_resume_continues_with_the_same_losses(tmp_path, tiny_model_dir, prompt_
     assert all(abs(losses[s] - again[s]) < 1e-5 for s in range(1, 7)), (losses, again)
     rewards = {m["step"]: m["reward_mean"] for m in whole if "reward_mean" in m}
     assert rewards == {m["step"]: m["reward_mean"] for m in resumed if "reward_mean" in m}
+
+
+def test_grpo_with_lora_uses_the_adapter_free_model_as_reference(tmp_path, tiny_model_dir, prompt_files):
+    trainer, result, metrics = grpo_run(tmp_path, tiny_model_dir, prompt_files, steps=3, beta=0.1,
+                                        lora={"r": 4}, learning_rate=5e-2,
+                                        rewards=[{"name": "length", "target": 0, "scale": 8}])
+    assert result.steps == 3
+    kls = [m["kl"] for m in metrics if "kl" in m]
+    assert kls[0] == pytest.approx(0.0, abs=1e-7) and kls[-1] > 0  # fresh adapters are the base; then they move
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_grpo_on_jax(tmp_path, tiny_model_dir, prompt_files):
+    """The same config on the jax backend: samples through jax's sample_tokens, one compiled step."""
+    pytest.importorskip("rung_jax")
+    trainer, result, metrics = grpo_run(tmp_path, tiny_model_dir, prompt_files, steps=3, num_iterations=2,
+                                        batch_size=2, num_generations=2, eval_data=None, eval_size=2,
+                                        backend={"name": "jax", "model": str(tiny_model_dir), "precision": "fp32"})
+    assert result.steps == 3
+    logged = [m for m in metrics if "reward_mean" in m]
+    assert len(logged) == 3 and all(np.isfinite(m["loss"]) for m in logged)
+    assert logged[0]["reward_mean"] == logged[1]["reward_mean"]  # num_iterations 2: one sample, two steps
+    assert "eval_reward" in metrics[-1]
