@@ -8,7 +8,7 @@ from rung.hookspecs import hookimpl
 @hookimpl
 def rung_register_trainers(register):
     register("reward", impl="rung_rlhf.reward:RewardTrainer", options="rung_rlhf.preference_options:RewardOptions",
-             summary="a reward model from preference pairs (Bradley-Terry), saved as a transformers sequence classifier",
+             summary="a reward model from preference pairs (Bradley-Terry), saved as a transformers classifier",
              objectives=("token_scores",))
     register("dpo", impl="rung_rlhf.dpo:DPOTrainer", options="rung_rlhf.preference_options:DPOOptions",
              summary="direct preference optimisation (sigmoid, IPO, hinge) against a frozen or adapter-free reference",
