@@ -16,6 +16,7 @@ _EXPORTS = {
     "Completion": "rung.records",
     "Delta": "rung.records",
     "Usage": "rung.records",
+    "TokenLogprob": "rung.records",
     "Document": "rung.records",
     "ChatExample": "rung.records",
     "PreferencePair": "rung.records",
@@ -83,6 +84,7 @@ if TYPE_CHECKING:  # for editors and type checkers
         Message,
         PreferencePair,
         RewardedPrompt,
+        TokenLogprob,
         TrainResult,
         Usage,
     )

@@ -39,6 +39,13 @@ class GenerationRequest:
     seed: int | None = None
     model: str | None = None
     raw: bool = False
+    # Log-probabilities (backends whose `capabilities.logprobs` is True): None = none; 0 = each
+    # generated token's own; k >= 1 = also the k most likely tokens at each position.
+    logprobs: int | None = None
+    # Score the prompt too: `Completion.prompt_logprobs` holds every prompt token (the first
+    # has logprob None); with max_tokens 0 nothing is generated (lm-evaluation-harness's
+    # log-likelihood requests: echo, logprobs, max_tokens 0).
+    echo: bool = False
 
     def __post_init__(self) -> None:
         if not self.messages and self.prompt is None:
@@ -68,6 +75,16 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """One token and how likely the model found it where it stands."""
+
+    token: str  # the token's text alone (a piece of a character may show as U+FFFD)
+    id: int
+    logprob: float | None  # natural log; None for a prompt's first token (nothing predicts it)
+    top: tuple[tuple[str, float], ...] = ()  # the request's `logprobs` most likely tokens, best first
+
+
+@dataclass(frozen=True)
 class Completion:
     """A finished generation."""
 
@@ -75,6 +92,8 @@ class Completion:
     finish_reason: FinishReason | str
     usage: Usage = field(default_factory=Usage)
     model: str | None = None
+    logprobs: tuple[TokenLogprob, ...] | None = None  # one per generated token, when asked
+    prompt_logprobs: tuple[TokenLogprob, ...] | None = None  # one per prompt token, with `echo`
 
 
 @dataclass(frozen=True)
@@ -85,6 +104,7 @@ class Delta:
     finish_reason: FinishReason | str | None = None
     usage: Usage | None = None
     model: str | None = None
+    logprobs: tuple[TokenLogprob, ...] | None = None  # the tokens whose text this delta carries, when asked
 
 
 @dataclass(frozen=True)
