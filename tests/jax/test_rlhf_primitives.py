@@ -176,11 +176,11 @@ def byte_tokenizer():
     return rung.tokenizer("byte")
 
 
-def jax_backend(tokenizer, **options):
+def jax_backend(tokenizer, **architecture):
     import rung
 
     return rung.backend("jax", tokenizer=tokenizer, model="test", device="cpu", precision="fp32",
-                        architecture={"init_std": 0.3}, **options)
+                        architecture={"init_std": 0.3, **architecture})
 
 
 def test_token_scores_honour_segments_and_come_with_logprobs_in_one_pass():
@@ -293,3 +293,58 @@ def test_the_engine_trains_the_score_head(tmp_path, byte_tokenizer, with_lora):
     assert not np.allclose(np.asarray(model.score.kernel.get_value()), head_before)
     embed_after = np.asarray(model.model.embed_tokens.embedding.get_value())
     assert np.array_equal(embed_after, embed_before) == with_lora  # frozen under LoRA, trained without
+
+
+# ---------------------------------------------------------------- step 3: batched sampling
+
+
+@pytest.fixture(scope="module")
+def sampling_backend():
+    import rung
+
+    return jax_backend(rung.tokenizer("byte"), n_layers=1)  # one layer: less to compile
+
+
+TEXTS = ["hello", "a", "fox ok"]  # different lengths (left padding), one generate bucket (n + 10 <= 16)
+
+
+def test_sample_tokens_greedy_equals_the_backends_generate(sampling_backend):
+    from rung.decoding import Sampling
+    from rung.objectives import load
+    from rung.plugins import get_plugins
+    from rung.records import GenerationRequest
+
+    backend, tokenizer = sampling_backend, sampling_backend.tokenizer
+    sample_tokens = load(get_plugins().registry, "sample_tokens", "jax")
+    prompts = [tokenizer.encode(text) for text in TEXTS]
+    stops = frozenset({tokenizer.eos_id})
+    rows = sample_tokens(backend.model, prompts, Sampling(max_tokens=10, stop_ids=stops))
+    for text, row in zip(TEXTS, rows):
+        expected = backend.generate(GenerationRequest(prompt=text, max_tokens=10, temperature=0.0))
+        special = set(tokenizer.special_tokens.values())  # the backend's text leaves them out
+        assert tokenizer.decode([t for t in row if t not in special]) == expected.text
+        assert 1 <= len(row) <= 10
+
+    # a stop id the greedy rows produce: each row ends at its first one, which it keeps
+    stop = rows[0][2]
+    stopped = sample_tokens(backend.model, prompts, Sampling(max_tokens=10, stop_ids=frozenset({stop})))
+    for row, cut in zip(rows, stopped):
+        at = row.index(stop) + 1 if stop in row else len(row)
+        assert cut == row[:at]
+    assert stopped[0][-1] == stop and len(stopped[0]) == 3
+
+
+def test_seeded_sampling_repeats_and_rows_follow_their_own_seed(sampling_backend):
+    from rung.decoding import Sampling
+    from rung_jax.generation import generate_ids
+    from rung_jax.sampling import sample_tokens
+
+    model, tokenizer = sampling_backend.model, sampling_backend.tokenizer
+    prompts = [tokenizer.encode(text) for text in TEXTS]
+    sampling = Sampling(max_tokens=10, temperature=1.0, seed=11)
+    first = sample_tokens(model, prompts, sampling)
+    assert sample_tokens(model, prompts, sampling) == first
+    assert sample_tokens(model, prompts, Sampling(max_tokens=10, temperature=1.0, seed=12)) != first
+    # row i is what one prompt alone samples with seed + i
+    assert first[1] == generate_ids(model, prompts[1], Sampling(max_tokens=10, temperature=1.0, seed=12))
+    assert all(len(row) == 10 for row in first)

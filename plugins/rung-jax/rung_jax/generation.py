@@ -3,9 +3,11 @@
 `generate_ids` runs prefill and a `lax.while_loop` of single-token steps in one compiled
 function (stopping at a stop token or `max_tokens`); `stream_ids` runs a jitted prefill then
 one jitted step per token so text can be shown as it comes (also used when stop strings must
-be watched). Shapes are bucketed (prompt and cache lengths rounded up to powers of two) so a
-handful of compilations serve every request. Sampling (greedy, temperature, top-k, top-p)
-takes traced values: changing them never recompiles.
+be watched). `generate_rows` decodes many prompts at once (left-padded into one batch, each
+row with its own key and stop, the loop running until every row is done): online RL's
+sampler (`rung_jax.sampling`). Shapes are bucketed (prompt and cache lengths rounded up to
+powers of two) so a handful of compilations serve every request. Sampling (greedy,
+temperature, top-k, top-p) takes traced values: changing them never recompiles.
 """
 
 from __future__ import annotations
@@ -127,3 +129,85 @@ def stream_ids(model: nnx.Module, prompt: Sequence[int], sampling: Sampling, dty
         if i == max_new or value in sampling.stop_ids:
             return
         token, cache, key = step(state, token, cache, jnp.int32(n + i - 1), key, *knobs)
+
+
+def _stop_array(stop_ids) -> np.ndarray:
+    """Stop ids padded with -1 to a bucketed length (at least MAX_STOP_IDS: few compilations)."""
+    ids = sorted(stop_ids)
+    stops = np.full((max(MAX_STOP_IDS, _bucket(len(ids), 1)),), -1, np.int32)
+    stops[: len(ids)] = ids
+    return stops
+
+
+@lru_cache(maxsize=32)
+def _rows_program(graphdef: Any, rows: int, prompt_len: int, cache_len: int, dtype: Any):
+    """One compiled batched decode for (model structure, rows, bucketed prompt and cache lengths)."""
+
+    def sample(logits, keys, temperature, top_k, top_p):
+        split = jax.vmap(jax.random.split)(keys)  # per row, as generate_ids splits its one key
+        choose_rows = jax.vmap(choose, in_axes=(0, 0, None, None, None))
+        return choose_rows(logits, split[:, 1], temperature, top_k, top_p), split[:, 0]
+
+    def whole(state, prompts, offsets, max_new, stop_ids, keys, temperature, top_k, top_p):
+        if dtype is not None:
+            state = jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, state)
+        model = nnx.merge(graphdef, state)
+        cache = model.init_cache(rows, cache_len)
+        logits, cache = model.decode(prompts, cache, 0, offsets)
+        token, keys = sample(logits[:, -1], keys, temperature, top_k, top_p)  # left padding: the last column
+        out = jnp.zeros((rows, cache_len - prompt_len), jnp.int32).at[:, 0].set(token)
+        done = jnp.isin(token, stop_ids) | (max_new <= 1)
+        count = jnp.ones((rows,), jnp.int32)
+
+        def cond(carry):
+            i, _, _, _, _, done, _ = carry
+            return (i < max_new) & ~jnp.all(done)
+
+        def body(carry):
+            i, token, cache, keys, out, done, count = carry
+            logits, cache = model.decode(token[:, None], cache, prompt_len + i - 1, offsets)
+            token, keys = sample(logits[:, -1], keys, temperature, top_k, top_p)
+            out = out.at[:, i].set(token)  # a finished row's extra tokens are never read (count)
+            count = jnp.where(done, count, count + 1)
+            done = done | jnp.isin(token, stop_ids) | (i + 1 >= max_new)
+            return i + 1, token, cache, keys, out, done, count
+
+        carry = (jnp.int32(1), token, cache, keys, out, done, count)
+        _, _, _, _, out, _, count = jax.lax.while_loop(cond, body, carry)
+        return out, count
+
+    return jax.jit(whole)
+
+
+def generate_rows(model: nnx.Module, prompts: Sequence[Sequence[int]], sampling: Sampling,
+                  dtype: Any = None) -> list[list[int]]:
+    """Each prompt's new tokens (a final stop token included, at most `sampling.max_tokens`),
+    all prompts decoded together with a KV cache inside one jit. Row i samples with the key
+    `generate_ids` would use at seed `sampling.seed + i`; greedy at temperature 0."""
+    if not prompts:
+        return []
+    context = model.arch.max_seq_len
+    lengths = [len(p) for p in prompts]
+    for n in lengths:
+        if n == 0:
+            raise RungError("a prompt encodes to no tokens: give some text to continue")
+        if n + sampling.max_tokens > context:
+            raise context_error(n, sampling.max_tokens, context)
+    rows, max_new = len(prompts), sampling.max_tokens
+    prompt_len = _bucket(max(lengths))
+    cache_len = prompt_len + _bucket(max_new)  # positions stay < context; columns may exceed it
+    padded = np.zeros((rows, prompt_len), np.int32)
+    offsets = np.array([prompt_len - n for n in lengths], np.int32)
+    for i, prompt in enumerate(prompts):
+        padded[i, offsets[i]:] = prompt
+    seed = sampling.seed if sampling.seed is not None else int(np.random.SeedSequence().entropy % 2**31)
+    keys = jax.vmap(jax.random.key)(jnp.arange(rows, dtype=jnp.uint32) + np.uint32(seed))
+    knobs = (jnp.float32(sampling.temperature or 0.0), jnp.int32(sampling.top_k or 0),
+             jnp.float32(sampling.top_p if sampling.top_p is not None else 1.0))
+    graphdef, state = nnx.split(model)
+    floating = {v.dtype for v in jax.tree.leaves(state) if jnp.issubdtype(v.dtype, jnp.floating)}
+    cast = dtype if dtype is not None and floating != {jnp.dtype(dtype)} else None
+    whole = _rows_program(graphdef, rows, prompt_len, cache_len, cast)
+    out, count = whole(state, padded, offsets, jnp.int32(max_new), _stop_array(sampling.stop_ids), keys, *knobs)
+    out, count = np.asarray(out), np.asarray(count)
+    return [out[i, : int(count[i])].tolist() for i in range(rows)]

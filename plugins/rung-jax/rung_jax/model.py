@@ -227,13 +227,23 @@ class Llama(nnx.Module):
         shape = (batch, max_len, self.arch.kv_heads, self.arch.head_dim)
         return tuple((jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(self.arch.n_layers))
 
-    def decode(self, input_ids: jax.Array, cache: KVCache, index: jax.Array) -> tuple[jax.Array, KVCache]:
-        """Run tokens [B, T] at positions index..index+T-1 against the cache; logits and new cache."""
+    def decode(self, input_ids: jax.Array, cache: KVCache, index: jax.Array,
+               offsets: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
+        """Run tokens [B, T] at cache columns index..index+T-1 against the cache; logits and new cache.
+
+        `offsets` [B]: left padding, row i's first real column (its columns before that are
+        never seen, and its rotary positions count from there); None: every row starts at 0.
+        """
         b, t = input_ids.shape
         max_len = cache[0][0].shape[1]
         q_pos = index + jnp.arange(t)
-        mask = (jnp.arange(max_len)[None, :] <= q_pos[:, None])[None]
-        positions = jnp.broadcast_to(q_pos, (b, t))
+        keys = jnp.arange(max_len)
+        mask = (keys[None, :] <= q_pos[:, None])[None]
+        if offsets is None:
+            positions = jnp.broadcast_to(q_pos, (b, t))
+        else:
+            mask = mask & (keys[None, None, :] >= offsets[:, None, None])
+            positions = jnp.maximum(q_pos[None, :] - offsets[:, None], 0)
         x, cache = self._trunk(input_ids, positions, mask, cache, index)
         return self._head(x), cache
 

@@ -25,3 +25,5 @@ def rung_register_objectives(register):
     for name in OBJECTIVES:
         register(name, impl=f"rung_jax.objectives:{name}", framework="jax",
                  summary=f"{name} for jax models")
+    register("sample_tokens", impl="rung_jax.sampling:sample_tokens", framework="jax",
+             summary="batched KV-cache sampling of many prompts at once for jax models (online RL)")
