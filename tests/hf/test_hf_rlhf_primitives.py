@@ -138,7 +138,8 @@ def test_seeded_sampling_repeats_and_row_i_is_the_prompt_alone_with_seed_plus_i(
     rows = sample_tokens(backend.model, encoded, sampling)
     assert sample_tokens(backend.model, encoded, sampling) == rows
     for i, prompt in enumerate(encoded):
-        assert sample_tokens(backend.model, [prompt], Sampling(max_tokens=10, temperature=1.0, seed=11 + i))[0] == rows[i]
+        alone = Sampling(max_tokens=10, temperature=1.0, seed=11 + i)
+        assert sample_tokens(backend.model, [prompt], alone)[0] == rows[i]
     assert len({t for row in rows for t in row}) > 20  # not top-k 20 of a peaked distribution
 
 

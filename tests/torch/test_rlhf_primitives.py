@@ -212,3 +212,30 @@ def test_disabled_adapters_give_the_base_models_logprobs(make_backend):
     torch.testing.assert_close(token_logprobs(backend.model, batch)[0], adapted)
     plain = make_backend()
     assert greedy_base == sample_tokens(plain.model, [[4, 9, 30]], Sampling(max_tokens=6))
+
+
+FILTERS = [Sampling(max_tokens=1, temperature=0.8), Sampling(max_tokens=1, temperature=1.0, top_k=4),
+           Sampling(max_tokens=1, temperature=1.0, top_p=0.7)]
+
+
+@pytest.mark.parametrize("row", FILTERS, ids=["temperature", "top_k", "top_p"])
+def test_each_row_draws_from_its_filtered_distribution(row):
+    from rung_torch.generate import choose
+
+    logits = torch.randn(1, 12, generator=torch.Generator().manual_seed(0)) * 2
+    scores = logits[0] / row.temperature
+    if row.top_k:
+        scores = scores.masked_fill(scores < torch.topk(scores, row.top_k).values[-1], float("-inf"))
+    if row.top_p:
+        ordered, order = torch.sort(scores, descending=True)
+        probs = ordered.softmax(-1)
+        scores = scores.scatter(0, order[probs.cumsum(-1) - probs >= row.top_p], float("-inf"))
+    expected = scores.softmax(-1)
+    # Three rows sampling alike, each from its own generator: the middle one is counted.
+    batch = logits.expand(3, -1)
+    generators = [torch.Generator().manual_seed(seed) for seed in (1, 2, 3)]
+    counts = torch.zeros(12)
+    for _ in range(8000):
+        counts[choose(batch, [row] * 3, generators)[1]] += 1
+    assert int(counts[expected == 0].sum()) == 0
+    assert float((counts / 8000 - expected).abs().max()) < 0.02

@@ -27,23 +27,37 @@ from rung_torch.model import KVCache
 
 def choose(logits: torch.Tensor, rows: Sequence[Sampling],
            generators: Sequence[torch.Generator | None]) -> torch.Tensor:
-    """The next token of each row from its last logits (batch, vocab)."""
+    """The next token of each row from its last logits (batch, vocab).
+
+    Rows that sample alike are filtered together (temperature, top-k, top-p as one batch of
+    ops: online RL samples many rows at once). Each row then draws one uniform number from its
+    own generator and takes the token where it falls in the row's cumulative distribution, so a
+    row picks what it would pick alone (and `torch.multinomial`'s per-row cost, an exponential
+    draw for every token of the vocabulary, is not paid once per row).
+    """
     chosen = logits.argmax(dim=-1)
+    groups: dict[tuple, list[int]] = {}
     for i, sampling in enumerate(rows):
-        if sampling.greedy:
-            continue
-        scores = logits[i].float() / sampling.temperature
-        if sampling.top_k is not None and sampling.top_k < scores.shape[-1]:
-            kth = torch.topk(scores, sampling.top_k).values[-1]
+        if not sampling.greedy:
+            groups.setdefault((sampling.temperature, sampling.top_k, sampling.top_p), []).append(i)
+    for (temperature, top_k, top_p), members in groups.items():
+        scores = (logits[members] if len(members) < len(rows) else logits).float() / temperature
+        if top_k is not None and top_k < scores.shape[-1]:
+            kth = torch.topk(scores, top_k, dim=-1).values[:, -1:]
             scores = scores.masked_fill(scores < kth, float("-inf"))
-        if sampling.top_p is not None and sampling.top_p < 1.0:
-            sorted_scores, order = torch.sort(scores, descending=True)
-            cumulative = sorted_scores.softmax(-1).cumsum(-1)
+        if top_p is not None and top_p < 1.0:
+            sorted_scores, order = torch.sort(scores, dim=-1, descending=True)
+            sorted_probs = sorted_scores.softmax(-1)
             # Keep the smallest set whose probability reaches top_p (the first token always).
-            drop = cumulative - sorted_scores.softmax(-1) >= sampling.top_p
-            scores = scores.scatter(0, order[drop], float("-inf"))
-        probs = scores.softmax(-1)
-        chosen[i] = torch.multinomial(probs, 1, generator=generators[i])[0]
+            drop = sorted_probs.cumsum(-1) - sorted_probs >= top_p
+            scores = scores.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+        cumulative = scores.softmax(-1).cumsum(-1)
+        uniform = torch.cat([torch.rand(1, generator=generators[i], device=generators[i].device)
+                             for i in members]).to(cumulative.device)
+        # u in [0, total): the first token whose cumulative probability exceeds it (never one of
+        # probability 0: the sum does not grow there).
+        picked = torch.searchsorted(cumulative, (uniform * cumulative[:, -1])[:, None], right=True)[:, 0]
+        chosen[torch.tensor(members, device=chosen.device)] = picked.clamp_(max=scores.shape[-1] - 1)
     return chosen
 
 

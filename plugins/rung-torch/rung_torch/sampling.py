@@ -124,15 +124,16 @@ def _sample_transformers(model: Any, owner: Any, prompts: list[list[int]], sampl
     config = GenerationConfig(
         max_new_tokens=sampling.max_tokens, min_new_tokens=0, num_beams=1, num_return_sequences=1,
         do_sample=False, temperature=1.0, top_k=50, top_p=1.0, min_p=None, typical_p=1.0, repetition_penalty=1.0,
-        no_repeat_ngram_size=0, pad_token_id=pad, eos_token_id=stops or None,
+        no_repeat_ngram_size=0, pad_token_id=pad, eos_token_id=stops,  # [] : no id stops a row
     )
-    chooser = RowChooser(row_samplings(sampling, len(prompts)), device)
+    # Greedy is generate's own argmax; sampling picks through rung's chooser.
+    processors = [] if sampling.greedy else [RowChooser(row_samplings(sampling, len(prompts)), device)]
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config,
-                                 logits_processor=LogitsProcessorList([chooser]))
+                                 logits_processor=LogitsProcessorList(processors))
     finally:
         model.train(was_training)
     rows = []
