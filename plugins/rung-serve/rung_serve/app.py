@@ -7,7 +7,9 @@ compute backends (torch, hf, jax) decode in worker threads, hosted ones are prox
 Errors are OpenAI's JSON, `{"error": {"message", "type", "param", "code"}}`: 400 for a body
 that is not JSON or has bad fields, an unknown model, or a `RungError` from the backend (its
 one line); 401 for a missing or wrong bearer token; 404 for an unknown route; 413 for a body
-over `max_body_bytes`.
+over `max_body_bytes`; 429 (with Retry-After) when a compute model's queue is full, 503 while
+draining, 504 past the request time limit (`limits.py`). `GET /metrics` is Prometheus text
+(`metrics.py`).
 
 `GET /` is the chat page (`static/chat.html`, one self-contained file); it needs no key itself,
 the API calls it makes do (the page asks for the key when /v1/models answers 401).
@@ -26,11 +28,14 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rung.errors import RungError
 from rung.records import Delta, GenerationRequest
+from rung_serve.errors import ServeError, error_json
+from rung_serve.limits import DrainGuard, Gate, Limits, capacity_of
+from rung_serve.metrics import CONTENT_TYPE, Metrics, RecordRequests
 from rung_serve.openai_format import (
     BadRequest,
     Chunks,
@@ -40,31 +45,16 @@ from rung_serve.openai_format import (
     stream_flags,
     text_completion,
 )
+from rung_serve.schemas import document_bodies
 
 log = logging.getLogger("rung.serve")
 
-MAX_BODY_BYTES = 1 << 20  # 1 MiB
 # The chat page loads nothing but itself and calls only its own origin.
 PAGE_POLICY = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
                "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 # What a failed hosted call (rung.hosted.APIError.kind) is to our client: not its fault.
 UPSTREAM_STATUS = {"auth": 502, "permission": 502, "server": 502, "timeout": 504, "connection": 502,
                    "malformed": 502, "cut_off": 502, "rate_limit": 429}
-
-
-class ServeError(Exception):
-    """An HTTP error answered as OpenAI's error JSON."""
-
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
-
-
-def error_json(status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
-               code: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": code}},
-                        status_code=status)
 
 
 def _backend_error(exc: RungError) -> ServeError:
@@ -91,19 +81,33 @@ class _Model:
 
 
 def create_app(models: Mapping[str, Any], api_key: str | None = None,
-               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+               max_body_bytes: int | None = None, limits: Limits | None = None) -> FastAPI:
     """An app serving `models` (served name -> rung Backend); with `api_key`, every endpoint but
-    /health needs `Authorization: Bearer <api_key>`."""
+    /health needs `Authorization: Bearer <api_key>`. `limits`: queue, time, max_tokens and body
+    limits (`max_body_bytes`, when given, overrides theirs); `app.state.gate` drains it."""
     if not models:
         raise ValueError("create_app needs at least one model")
     served = {name: _Model(name, backend) for name, backend in models.items()}
     created = int(time.time())
     key = api_key.encode() if api_key else None
     app = FastAPI(title="rung serve", docs_url=None, redoc_url=None)
+    # Operations (limits.py, metrics.py): the gate counts and refuses, the metrics record.
+    limits = limits or Limits()
+    if max_body_bytes is not None:
+        limits = limits.model_copy(update={"max_body_bytes": max_body_bytes})
+    max_body_bytes = limits.max_body_bytes
+    gate = Gate(limits)
+    for model in served.values():
+        gate.register(model.name, capacity_of(model))
+    metrics = Metrics(gate)
+    app.add_middleware(DrainGuard, gate=gate)
+    app.add_middleware(RecordRequests, metrics=metrics)  # outermost: it sees every answer, 503s included
+    app.state.gate, app.state.metrics = gate, metrics
+    document_bodies(app)
 
     @app.exception_handler(ServeError)
     async def _serve_error(request: Request, exc: ServeError) -> JSONResponse:
-        return error_json(exc.status, exc.message, exc.type, exc.param, exc.code)
+        return error_json(exc.status, exc.message, exc.type, exc.param, exc.code, exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -157,6 +161,7 @@ def create_app(models: Mapping[str, Any], api_key: str | None = None,
         return served[name]
 
     async def answer(request: Request, chat: bool) -> Any:
+        started, deadline = time.monotonic(), gate.deadline()
         body = await read_json(request)
         model = pick(body)
         try:
@@ -166,21 +171,24 @@ def create_app(models: Mapping[str, Any], api_key: str | None = None,
             raise ServeError(400, exc.message, param=exc.param, code=exc.code) from None
         except (ValueError, TypeError) as exc:
             raise ServeError(400, str(exc)) from None
+        rung_request = gate.cap_tokens(rung_request)
         if not stream:
-            async with model.turn():
+            async with gate.turn(model.name, model.turn(), deadline):
                 try:
-                    done = await model.backend.agenerate(rung_request)
+                    done = await gate.within(deadline, model.backend.agenerate(rung_request))
                 except RungError as exc:
                     raise _backend_error(exc) from None
+            metrics.count_usage(model.name, done.usage)
             return (chat_completion if chat else text_completion)(done, model.name)
-        return await open_stream(model, rung_request, Chunks(model.name, chat, include_usage))
+        return await open_stream(model, rung_request, Chunks(model.name, chat, include_usage), started, deadline)
 
-    async def open_stream(model: _Model, rung_request: GenerationRequest, chunks: Chunks) -> StreamingResponse:
+    async def open_stream(model: _Model, rung_request: GenerationRequest, chunks: Chunks, started: float,
+                          deadline: float | None) -> StreamingResponse:
         # The first delta is awaited here, so a request the backend refuses (a prompt over the
         # context, bad sampling) is a 400 before any event is sent.
-        turn = model.turn()
+        turn = gate.turn(model.name, model.turn(), deadline)
         await turn.__aenter__()
-        deltas = model.backend.astream(rung_request)
+        deltas = metrics.observed(gate.bounded(model.backend.astream(rung_request), deadline), model.name, started)
         try:
             first = await deltas.__anext__()
         except StopAsyncIteration:
@@ -204,10 +212,10 @@ def create_app(models: Mapping[str, Any], api_key: str | None = None,
                     except StopAsyncIteration:
                         delta = None
                 yield "data: [DONE]\n\n"
-            except RungError as exc:  # mid-stream: the status is sent, so an error event
-                error = _backend_error(exc)
-                payload = {"error": {"message": error.message, "type": error.type, "param": None, "code": None}}
-                yield f"data: {json.dumps(payload)}\n\n"
+            except (RungError, ServeError) as exc:  # mid-stream: the status is sent, so an error event
+                error = exc if isinstance(exc, ServeError) else _backend_error(exc)
+                yield f"data: {json.dumps(error.payload())}\n\n"
+                yield "data: [DONE]\n\n"
             finally:
                 await _close(deltas, turn)
 
@@ -246,6 +254,11 @@ def create_app(models: Mapping[str, Any], api_key: str | None = None,
     @app.get("/health")
     async def health() -> Any:
         return {"status": "ok"}
+
+    @app.get("/metrics")
+    async def prometheus_metrics(request: Request) -> Response:
+        authorize(request)
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     def tokenizer_of(model: _Model) -> Any:
         tokenizer = getattr(model.backend, "tokenizer", None)
