@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,13 +39,17 @@ class JaxBackend(BaseBackend):
         platform = devices[0].platform
         self.precision = runtime.resolve_precision(self.options.precision, platform, "train")
         self.decode_precision = runtime.resolve_precision(self.options.precision, platform, "decode")
+        # Place new weights on the mesh's first device. Only when that is not already the default:
+        # a default_device context is part of jit's cache key, so it would recompile every
+        # operation a model's initialisation runs, however often the process made the same model.
+        place = jax.default_device(devices[0]) if devices[0] != jax.devices()[0] else contextlib.nullcontext()
         source = Path(self.options.model)
         if source.is_dir():
             if tokenizer is None:
                 tokenizer = load_saved_tokenizer(source, "jax")
             from rung_jax.weights import load_model
 
-            with jax.default_device(devices[0]):
+            with place:
                 model = load_model(source)
             self.name = source.name
         else:
@@ -57,7 +62,7 @@ class JaxBackend(BaseBackend):
                 raise ConfigError(f"backend.model: {exc}") from None
             from rung_jax.model import init_model
 
-            with jax.default_device(devices[0]):
+            with place:
                 model = init_model(config, seed=self.options.seed)
             self.name = self.options.model
         if tokenizer is not None and tokenizer.vocab_size > model.arch.vocab_size:
@@ -84,6 +89,20 @@ class JaxBackend(BaseBackend):
         from rung_jax.lora import NnxAdapters
 
         return NnxAdapters(self)
+
+    def frozen_copy(self):
+        """An independent copy of `self.model` as it is now, in eval mode (`rung.interfaces`): new
+        buffers (copied by a jitted function), so neither training nor the train step's buffer
+        donation changes it. A reference policy for a trainer that trains every weight."""
+        import jax
+        import jax.numpy as jnp
+        from flax import nnx
+
+        graphdef, state = nnx.split(self.model)
+        copied = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))(state)
+        frozen = nnx.merge(graphdef, copied)
+        frozen.eval()
+        return frozen
 
     def score_heads(self):
         """A scalar head on `self.model` (`rung.interfaces.ScoreHeads`): reward models, PPO's value."""

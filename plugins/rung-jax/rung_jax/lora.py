@@ -20,8 +20,9 @@ in one line; LoRA dropout is not applied (noted once).
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -269,6 +270,23 @@ class NnxAdapters:
         load_adapter(self.backend.model, directory)
         if merge:
             self.merge_adapter()
+
+    @contextlib.contextmanager
+    def disabled(self, model: Any = None) -> Iterator[Any]:
+        """`model` (default: the backend's) with every adapter switched off inside the block: the
+        base model's outputs exactly, no second model in memory. A static switch on each
+        `LoRALinear`, so it works on concrete models and inside a traced step alike; a jitted
+        objective compiles each setting once."""
+        model = self.backend.model if model is None else model
+        layers = [module for _, module in lora_modules(model)]
+        before = [module.adapter_enabled for module in layers]
+        for module in layers:
+            module.adapter_enabled = False
+        try:
+            yield model
+        finally:
+            for module, enabled in zip(layers, before):
+                module.adapter_enabled = enabled
 
     def merge_adapter(self) -> None:
         if not lora_modules(self.backend.model):
