@@ -153,8 +153,10 @@ class HFBackend(BaseBackend):
 
         ids, sampling = self._prepare(request)
         decoder = RowDecoder(self.tokenizer, sampling, len(ids), incremental=True)
-        rows = stream_row(self.model, ids, sampling, decoder, self._base_generation_config, self.pad_id, self.device)
-        with self._lock, contextlib.closing(rows):  # a caller that stops reading ends generate() here
+        # The lock is taken by generate()'s own thread: `astream` calls next() from any thread.
+        rows = stream_row(self.model, ids, sampling, decoder, self._base_generation_config, self.pad_id, self.device,
+                          lock=self._lock)
+        with contextlib.closing(rows):  # a caller that stops reading ends generate() here
             for text in rows:
                 yield Delta(text, model=self.options.model)
         tail = decoder.finish("length")  # generate() ended at max_new_tokens

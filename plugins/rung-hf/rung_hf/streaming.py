@@ -33,9 +33,12 @@ class TokenQueue:
 
 
 def stream_row(model: Any, prompt: list[int], sampling: Sampling, decoder: RowDecoder,
-               base_config: Any, pad_id: int, device: Any) -> Iterator[str]:
+               base_config: Any, pad_id: int, device: Any, lock: Any = None) -> Iterator[str]:
     """The text deltas of one row, as tokens are generated; `decoder` ends with the row's
-    finish reason and counts."""
+    finish reason and counts. `lock` is held around `generate`, in the thread that runs it (the
+    caller's `next` may come from a different thread each time: `astream`)."""
+    import contextlib
+
     import torch
 
     from rung_hf.criteria import Cancel, StoppingCriteriaList
@@ -49,7 +52,7 @@ def stream_row(model: Any, prompt: list[int], sampling: Sampling, decoder: RowDe
 
     def work() -> None:
         try:
-            with torch.no_grad(), eval_mode(model):
+            with lock or contextlib.nullcontext(), torch.no_grad(), eval_mode(model):
                 if sampling.seed is not None:
                     torch.manual_seed(sampling.seed)
                 model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config,
