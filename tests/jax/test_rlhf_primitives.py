@@ -212,6 +212,37 @@ def test_saved_scorer_gives_transformers_scores_and_loads_back(tmp_path, tokeniz
     np.testing.assert_allclose(np.asarray(objectives.token_scores(loaded.model, {"input_ids": ids})[0]),
                                jax_scores, atol=1e-6)
 
+    # rung-torch reads the same folder as a model with its head, and gives the same scores
+    pytest.importorskip("rung_torch")
+    from rung_torch import objectives as torch_objectives
+    from rung_torch.weights import load_model as torch_load
+
+    with torch.no_grad():
+        torch_scores = torch_objectives.token_scores(torch_load(tmp_path / "scorer").eval(), {"input_ids": ids})[0]
+    np.testing.assert_allclose(jax_scores, torch_scores.numpy(), atol=1e-4, rtol=0)
+
+
+def test_scorer_folder_of_an_untied_model_and_the_causal_lm_save(tmp_path, tokenizer):
+    """A classifier has no lm_head: an untied model loads back with a zero one (it scores);
+    backend.save writes the causal LM without the head, as rung-torch does."""
+    from safetensors import safe_open
+
+    from rung_jax.scoring import save_scorer
+    from rung_jax.weights import load_model, save_model
+
+    untied = attach_score_head(init_model(preset("test", vocab_size=64, tie_embeddings=False, n_layers=1)), seed=1)
+    save_scorer(untied, tmp_path / "scorer", pad_token_id=0)
+    save_model(untied, tmp_path / "lm")
+    with safe_open(str(tmp_path / "scorer" / "model.safetensors"), framework="numpy") as f:
+        assert "score.weight" in f.keys() and "lm_head.weight" not in f.keys()
+    with safe_open(str(tmp_path / "lm" / "model.safetensors"), framework="numpy") as f:
+        assert "score.weight" not in f.keys() and "lm_head.weight" in f.keys()
+    loaded = load_model(tmp_path / "scorer")
+    np.testing.assert_array_equal(np.asarray(loaded.score.kernel.get_value()),
+                                  np.asarray(untied.score.kernel.get_value()))
+    assert not np.any(np.asarray(loaded.lm_head.kernel.get_value()))
+    assert not hasattr(load_model(tmp_path / "lm"), "score")
+
 
 def test_a_torch_model_gives_the_same_logprobs_and_scores_in_jax(tmp_path, tokenizer):
     """rung-torch's model saved; transformers puts a score head on it and saves the classifier;

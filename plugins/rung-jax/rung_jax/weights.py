@@ -57,12 +57,14 @@ def to_hf_tensors(model: nnx.Module) -> dict[str, np.ndarray]:
 
 
 def save_model(model: nnx.Module, directory: str | Path) -> None:
-    """model.safetensors + config.json (LlamaForCausalLM) in `directory`."""
+    """model.safetensors + config.json (LlamaForCausalLM) in `directory`. The causal LM only, as
+    rung-torch saves it: a score head is saved by `rung_jax.scoring.save_scorer`."""
     from safetensors.numpy import save_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = to_hf_tensors(model)
+    tensors.pop("score.weight", None)
     if jax.process_index() == 0:
         tmp = directory / (WEIGHTS_NAME + ".tmp")
         save_file(tensors, str(tmp), metadata={"format": "pt"})
