@@ -145,6 +145,45 @@ class ScoreHeads(Protocol):
 
 
 @runtime_checkable
+class DecodeSlots(Protocol):
+    """A compute backend's running decode batch, for continuous batching: requests join and
+    leave it between steps, each in its own KV-cache slot.
+
+    A backend that can batch this way answers `backend.decode_slots(max_slots)` (rung-torch:
+    `rung_torch.batching`). rung serve's scheduler (`rung_serve.scheduling`) owns the object
+    and calls every method from one worker thread of its own, never two at once: it is not
+    thread-safe, and it is the only thing that touches the model while requests run. A request
+    decodes in a slot exactly as it would alone (a greedy one gives the same tokens whatever
+    else runs beside it; a seeded one draws from its own generator).
+    """
+
+    max_slots: int
+
+    @property
+    def free(self) -> int:
+        """Slots that `add` may fill now."""
+
+    @property
+    def active(self) -> int:
+        """Slots holding a request that has not finished."""
+
+    def accepts(self, request: GenerationRequest) -> bool:
+        """Whether `request` can decode in a slot (e.g. not one asking for log-probabilities,
+        where a backend has no batched path for them: the caller runs it through `generate`)."""
+
+    def add(self, request: GenerationRequest) -> int:
+        """Prefill `request` into a free slot and return the slot's id; a request the backend
+        refuses (prompt over the context, bad sampling) raises its RungError, taking no slot."""
+
+    def step(self) -> list[tuple[int, Delta]]:
+        """One decoding step of every active slot: (slot, Delta) for each that has text to show
+        or finished. A slot's last Delta has finish_reason and usage; its slot is free after."""
+
+    def cancel(self, slot: int) -> None:
+        """End the slot's request now and free the slot (a slot already finished: nothing)."""
+
+
+@runtime_checkable
 class RolloutStream(Protocol):
     """A batch stream that samples from the policy being trained (GRPO, PPO): the loop calls
     `next_from(model)` instead of `next(stream)`, with the model of the engine's evaluation
