@@ -144,6 +144,13 @@ class TorchBackend(BaseBackend):
             out += [Completion(d.text, d.finish_reason or "length", _usage(d), self.name) for d in decoders]
         return out
 
+    def decode_slots(self, max_slots: int = 32):
+        """A running decode batch of `max_slots` requests on this model (`rung.interfaces.DecodeSlots`,
+        continuous batching: `rung_torch.batching`)."""
+        from rung_torch.batching import TorchDecodeSlots
+
+        return TorchDecodeSlots(self, max_slots)
+
     def _run(self, prompts, rows, decoders):
         from rung_torch.modeling import unwrap
 

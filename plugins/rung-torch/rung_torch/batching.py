@@ -1,0 +1,221 @@
+"""Continuous batching for rung's Transformer: `TorchDecodeSlots` (`rung.interfaces.DecodeSlots`).
+
+One static KV cache of `max_slots` rows by the model's context. A new request is prefilled
+alone into a free row (the same forward pass, on the same cache columns, as `generate`
+alone); then every step decodes all active rows at once, each at its own length.
+
+The batch is kept compact: active requests hold rows 0..n-1, so a step reads `cache[:n]` as a
+view (no gather); when a request leaves, the last row's cache moves into its place. A slot id
+(what callers hold) is a stable handle, the row behind it may change.
+
+Rows of different lengths share one step through a scratch column: every row writes its new
+key and value at column L (the longest row's length) with its own rotary position, attends to
+its own columns 0..length-1 plus column L (a mask hides the rest), and the new key and value
+are then moved to the row's own column `length`. So each row sees exactly the keys it would
+see alone, in the same order, and both forward passes of `rung_torch.generate` (the flat
+`FastForward` and the module path for wrapped layers) work unchanged. When every row has the
+same length (one client), the step is `generate`'s own, unmasked.
+
+Sampling is `generate.choose` (each row's own seeded generator, drawn once per step as alone)
+and text is `rung.decoding.RowDecoder` (stop strings, stop ids, max_tokens), incremental.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from rung.decoding import RowDecoder, Sampling
+from rung.errors import RungError
+from rung.records import Delta, GenerationRequest, Usage
+from rung_torch.generate import choose, computing, forward_for
+from rung_torch.model import KVCache
+
+
+@dataclass
+class _Request:
+    """What one slot holds."""
+
+    slot: int  # the caller's handle
+    row: int  # its row in the cache now
+    decoder: RowDecoder
+    sampling: Sampling
+    generator: torch.Generator | None
+    length: int  # cache columns filled: the prompt and every token fed back
+    token: int = -1  # the token chosen this step, fed at the next forward
+
+
+class TorchDecodeSlots:
+    """`max_slots` requests decoding together on one `TorchBackend` (see the module docstring).
+
+    Called from one thread only (rung serve's scheduler). The cache is allocated at the first
+    `add`: layers x max_slots x kv_heads x context x head_dim, keys and values, in the
+    backend's decoding precision.
+    """
+
+    def __init__(self, backend: Any, max_slots: int) -> None:
+        if max_slots < 1:
+            raise ValueError(f"max_slots must be at least 1, got {max_slots}")
+        from rung_torch.device import DTYPES
+
+        self.backend = backend
+        self.max_slots = max_slots
+        self.device = backend.device
+        self.dtype = DTYPES[backend.decode_precision]
+        self.cache: KVCache | None = None
+        self.logits: torch.Tensor | None = None  # (max_slots, vocab): each row's next-token logits
+        self._rows: list[_Request] = []  # compact: self._rows[i].row == i
+        self._by_slot: dict[int, _Request] = {}
+        self._free_slots = list(range(max_slots - 1, -1, -1))  # popped from the end: 0 first
+
+    @property
+    def free(self) -> int:
+        return len(self._free_slots)
+
+    @property
+    def active(self) -> int:
+        return len(self._rows)
+
+    def accepts(self, request: GenerationRequest) -> bool:
+        # Log-probabilities and echo come from the backend's own generate, one request at a time.
+        return request.logprobs is None and not request.echo
+
+    # -- joining
+
+    def add(self, request: GenerationRequest) -> int:
+        if not self._free_slots:
+            raise RungError(f"all {self.max_slots} decode slots are busy")
+        if not self.accepts(request):
+            raise RungError("log-probabilities and echo are not decoded in a batch slot: use backend.generate")
+        prompt, sampling = self.backend._prepare(request)  # the backend's checks: context, sampling
+        if not prompt:
+            raise RungError("the prompt encodes to no tokens: give some text to continue")
+        model = self._model()
+        context = model.config.max_seq_len
+        if self.cache is None:
+            self.cache = KVCache.allocate(model.config, self.max_slots, context, self.device, self.dtype)
+        generator = None
+        if not sampling.greedy:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(sampling.seed) if sampling.seed is not None else generator.seed()
+        row = len(self._rows)
+        ids = torch.tensor([prompt], dtype=torch.long, device=self.device)
+        own_row = KVCache(self.cache.k[:, row:row + 1], self.cache.v[:, row:row + 1])
+        with _eval(model), computing(self.device, _work(model, len(prompt))):
+            logits = forward_for(model, self.dtype)(ids, own_row, 0)
+        if self.logits is None:
+            self.logits = torch.empty((self.max_slots, logits.shape[-1]), dtype=logits.dtype, device=self.device)
+        self.logits[row] = logits[0]
+        slot = self._free_slots.pop()
+        decoder = RowDecoder(self.backend._tokenizer(), sampling, len(prompt), incremental=True)
+        entry = _Request(slot, row, decoder, sampling, generator, len(prompt))
+        self._rows.append(entry)
+        self._by_slot[slot] = entry
+        return slot
+
+    # -- the step
+
+    def step(self) -> list[tuple[int, Delta]]:
+        if not self._rows:
+            return []
+        model = self._model()
+        context = model.config.max_seq_len
+        n = len(self._rows)
+        with _eval(model), computing(self.device, _work(model, n)):
+            chosen = choose(self.logits[:n], [r.sampling for r in self._rows],
+                            [r.generator for r in self._rows]).tolist()
+        out: list[tuple[int, Delta]] = []
+        finished: list[_Request] = []
+        for entry, token in zip(self._rows, chosen):
+            decoder = entry.decoder
+            text = decoder.push(token)
+            if not decoder.done and entry.length + 1 >= context:
+                text += decoder.finish("length")  # prompt + answer fill the context
+            if decoder.done:
+                usage = Usage(prompt_tokens=decoder.prompt_tokens, completion_tokens=decoder.generated)
+                out.append((entry.slot, Delta(text, decoder.finish_reason, usage, self.backend.name)))
+                finished.append(entry)
+            else:
+                entry.token = token
+                if text:
+                    out.append((entry.slot, Delta(text, model=self.backend.name)))
+        for entry in finished:
+            self._remove(entry)
+        if self._rows:
+            with _eval(model), computing(self.device, _work(model, len(self._rows))):
+                self._forward(model)
+        return out
+
+    def _forward(self, model: Any) -> None:
+        """Feed each active row its chosen token: logits of the next one, cache one longer."""
+        n = len(self._rows)
+        lengths = [r.length for r in self._rows]
+        longest = max(lengths)
+        tokens = torch.tensor([r.token for r in self._rows], dtype=torch.long, device=self.device)
+        rows = KVCache(self.cache.k[:, :n], self.cache.v[:, :n])
+        forward = forward_for(model, self.dtype)
+        if all(length == longest for length in lengths):
+            self.logits[:n] = forward.step(tokens, rows, longest)
+        else:
+            own = torch.tensor(lengths, device=self.device)
+            columns = torch.arange(longest + 1, device=self.device)
+            mask = (columns[None, :] < own[:, None]) | (columns[None, :] == longest)
+            self.logits[:n] = forward.step(tokens, rows, longest, own, mask[:, None, None, :])
+            short = torch.tensor([i for i, length in enumerate(lengths) if length < longest], device=self.device)
+            # the scratch column's new key/value to each shorter row's own next column
+            own, scratch = own[short], torch.full_like(short, longest)
+            for cache in (self.cache.k, self.cache.v):
+                cache[:, short, :, own] = cache[:, short, :, scratch]
+        for entry in self._rows:
+            entry.length += 1
+
+    # -- leaving
+
+    def cancel(self, slot: int) -> None:
+        entry = self._by_slot.get(slot)
+        if entry is not None:
+            self._remove(entry)
+
+    def _remove(self, entry: _Request) -> None:
+        last = self._rows[-1]
+        if last is not entry:  # the last row moves into the freed one: rows stay 0..n-1
+            row, length = entry.row, last.length
+            for cache in (self.cache.k, self.cache.v):
+                cache[:, row, :, :length] = cache[:, last.row, :, :length]
+            self.logits[row] = self.logits[last.row]
+            self._rows[row] = last
+            last.row = row
+        self._rows.pop()
+        del self._by_slot[entry.slot]
+        self._free_slots.append(entry.slot)
+
+    def _model(self) -> Any:
+        from rung_torch.modeling import unwrap
+
+        model = unwrap(self.backend.model)
+        if hasattr(model, "get_base_model"):  # peft: the rung Transformer with adapters inside
+            model = model.get_base_model()
+        return model
+
+
+class _eval:
+    """The model in eval mode inside the block (as `backend.generate` decodes), then as it was."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def __enter__(self) -> None:
+        self.was_training = self.model.training
+        if self.was_training:
+            self.model.eval()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.was_training:
+            self.model.train(True)
+
+
+def _work(model: Any, tokens: int) -> int:
+    """Multiply-adds of `tokens` tokens through the model (what `computing` sizes threads by)."""
+    return sum(p.numel() for p in model.parameters()) * tokens
