@@ -2,7 +2,8 @@
 
 `create_app({"name": backend}, api_key=...)` serves each backend through the public Backend
 API only (`agenerate`, `astream`, `tokenizer` where present), so any backend can be served:
-compute backends (torch, hf, jax) decode in worker threads, hosted ones are proxied.
+compute backends decode in worker threads (torch's continuously batched, hf's and jax's one
+at a time: `scheduling.py`), hosted ones are proxied.
 
 Errors are OpenAI's JSON, `{"error": {"message", "type", "param", "code"}}`: 400 for a body
 that is not JSON or has bad fields, an unknown model, or a `RungError` from the backend (its
@@ -17,7 +18,6 @@ the API calls it makes do (the page asks for the key when /v1/models answers 401
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hmac
 import json
@@ -45,10 +45,12 @@ from rung_serve.openai_format import (
     stream_flags,
     text_completion,
 )
+from rung_serve.scheduling import _Model
 from rung_serve.schemas import document_bodies
 
 log = logging.getLogger("rung.serve")
 
+DISCARD_BYTES = 8 << 20  # how much of a body over the limit is read (and dropped) so its client sees the 413
 # The chat page loads nothing but itself and calls only its own origin.
 PAGE_POLICY = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
                "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
@@ -64,22 +66,6 @@ def _backend_error(exc: RungError) -> ServeError:
     return ServeError(status, message, type_)
 
 
-class _Model:
-    """One served backend; compute backends answer one request at a time (batching is a later slice)."""
-
-    def __init__(self, name: str, backend: Any) -> None:
-        self.name, self.backend = name, backend
-        self.lock: asyncio.Lock | None = asyncio.Lock() if hasattr(backend, "framework") else None
-
-    @contextlib.asynccontextmanager
-    async def turn(self) -> AsyncIterator[None]:
-        if self.lock is None:
-            yield
-        else:
-            async with self.lock:
-                yield
-
-
 def create_app(models: Mapping[str, Any], api_key: str | None = None,
                max_body_bytes: int | None = None, limits: Limits | None = None) -> FastAPI:
     """An app serving `models` (served name -> rung Backend); with `api_key`, every endpoint but
@@ -87,7 +73,6 @@ def create_app(models: Mapping[str, Any], api_key: str | None = None,
     limits (`max_body_bytes`, when given, overrides theirs); `app.state.gate` drains it."""
     if not models:
         raise ValueError("create_app needs at least one model")
-    served = {name: _Model(name, backend) for name, backend in models.items()}
     created = int(time.time())
     key = api_key.encode() if api_key else None
     app = FastAPI(title="rung serve", docs_url=None, redoc_url=None)
@@ -96,6 +81,7 @@ def create_app(models: Mapping[str, Any], api_key: str | None = None,
     if max_body_bytes is not None:
         limits = limits.model_copy(update={"max_body_bytes": max_body_bytes})
     max_body_bytes = limits.max_body_bytes
+    served = {name: _Model(name, backend, limits.max_slots) for name, backend in models.items()}
     gate = Gate(limits)
     for model in served.values():
         gate.register(model.name, capacity_of(model))
@@ -103,6 +89,7 @@ def create_app(models: Mapping[str, Any], api_key: str | None = None,
     app.add_middleware(DrainGuard, gate=gate)
     app.add_middleware(RecordRequests, metrics=metrics)  # outermost: it sees every answer, 503s included
     app.state.gate, app.state.metrics = gate, metrics
+    app.state.served = served  # name -> scheduling._Model (its scheduler's slot counts)
     document_bodies(app)
 
     @app.exception_handler(ServeError)
@@ -136,11 +123,13 @@ def create_app(models: Mapping[str, Any], api_key: str | None = None,
         authorize(request)
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > max_body_bytes:
+            await _discard(request, int(length))
             raise _too_large(max_body_bytes)
         chunks, size = [], 0
         async for piece in request.stream():
             size += len(piece)
             if size > max_body_bytes:
+                await _discard(request, size)
                 raise _too_large(max_body_bytes)
             chunks.append(piece)
         try:
@@ -175,7 +164,7 @@ def create_app(models: Mapping[str, Any], api_key: str | None = None,
         if not stream:
             async with gate.turn(model.name, model.turn(), deadline):
                 try:
-                    done = await gate.within(deadline, model.backend.agenerate(rung_request))
+                    done = await gate.within(deadline, model.agenerate(rung_request))
                 except RungError as exc:
                     raise _backend_error(exc) from None
             metrics.count_usage(model.name, done.usage)
@@ -188,7 +177,7 @@ def create_app(models: Mapping[str, Any], api_key: str | None = None,
         # context, bad sampling) is a 400 before any event is sent.
         turn = gate.turn(model.name, model.turn(), deadline)
         await turn.__aenter__()
-        deltas = metrics.observed(gate.bounded(model.backend.astream(rung_request), deadline), model.name, started)
+        deltas = metrics.observed(gate.bounded(model.astream(rung_request), deadline), model.name, started)
         try:
             first = await deltas.__anext__()
         except StopAsyncIteration:
@@ -312,6 +301,18 @@ def chat_page() -> str:
     from importlib.resources import files
 
     return (files("rung_serve") / "static" / "chat.html").read_text(encoding="utf-8")
+
+
+async def _discard(request: Request, seen: int) -> None:
+    """Read and drop the rest of a body over the limit, up to DISCARD_BYTES in all: a client
+    still sending when the server answers and closes gets a broken pipe instead of the 413."""
+    if seen > DISCARD_BYTES:
+        return
+    with contextlib.suppress(Exception):
+        async for piece in request.stream():
+            seen += len(piece)
+            if seen > DISCARD_BYTES:
+                return
 
 
 def _too_large(limit: int) -> ServeError:
