@@ -4,13 +4,15 @@
 chat-template rule (`rung.decoding.prompt`), the request's settings over the backend's
 `Defaults`, the stop ids and strings, the max_tokens and context checks
 (`rung.decoding.sampling`). `RowDecoder` (`rung.decoding.text`) turns the tokens a model
-picks into text. A backend supplies only the loop that picks tokens.
+picks into text (and keeps their log-probabilities, built by `rung.decoding.logprobs`, when
+asked). A backend supplies only the loop that picks tokens.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from rung.decoding.logprobs import LogprobRecords, top_count
 from rung.decoding.prompt import encode_text, end_of_turn, has_chat_template, plain_text, prompt_text
 from rung.decoding.sampling import (
     Defaults,
@@ -24,8 +26,9 @@ from rung.decoding.text import RowDecoder
 from rung.records import GenerationRequest
 
 __all__ = [
-    "Defaults", "RowDecoder", "Sampling", "check_max_tokens", "context_error", "encode_text", "end_of_turn",
+    "Defaults", "LogprobRecords", "RowDecoder", "Sampling", "check_max_tokens", "context_error", "encode_text", "end_of_turn",
     "fit_max_tokens", "has_chat_template", "plain_text", "prompt_text", "request_to_prompt", "sampling_for",
+    "top_count",
 ]
 
 

@@ -3,7 +3,8 @@
 Every local backend builds its `Sampling` here, so a bad setting is the same one-line error
 everywhere, and so is a request that does not fit the model's context:
 
-- `max_tokens` below 1 is an error, whoever set it.
+- `max_tokens` below 1 is an error, whoever set it, except 0 with `echo`: the prompt is
+  scored and nothing generated (lm-evaluation-harness's log-likelihood requests).
 - The prompt plus the new tokens must fit in the context: `prompt_tokens + max_tokens <=
   context`. A request that asks for more `max_tokens` than fit is an error; when the request
   leaves `max_tokens` unset, the backend's default is lowered to what fits (a default must
@@ -30,6 +31,8 @@ class Sampling:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     stop_ids: frozenset[int] = field(default_factory=frozenset)
+    logprobs: int | None = None  # None: none; 0: each token's own; k: also the k most likely
+    echo: bool = False  # score the prompt's tokens too (`Completion.prompt_logprobs`)
 
     @property
     def greedy(self) -> bool:
@@ -60,16 +63,20 @@ def context_error(prompt_tokens: int, max_tokens: int | None, context: int) -> R
     )
 
 
-def check_max_tokens(max_tokens: int) -> None:
+def check_max_tokens(max_tokens: int, echo: bool = False) -> None:
+    """max_tokens is at least 1, or 0 with `echo` (score the prompt, generate nothing)."""
+    if echo and max_tokens == 0:
+        return
     if max_tokens < 1:
-        raise RungError(f"max_tokens must be at least 1, got {max_tokens}")
+        raise RungError(f"max_tokens must be at least 1{' (or 0 with echo)' if echo else ''}, got {max_tokens}")
 
 
-def fit_max_tokens(requested: int | None, default: int, prompt_tokens: int, context: int | None) -> int:
+def fit_max_tokens(requested: int | None, default: int, prompt_tokens: int, context: int | None,
+                   echo: bool = False) -> int:
     """The new tokens a row may generate: the request's own `max_tokens` (which must fit), or the
     backend's `default` lowered to the room the context leaves."""
     if requested is not None:
-        check_max_tokens(requested)
+        check_max_tokens(requested, echo)
         if context is not None and prompt_tokens + requested > context:
             raise context_error(prompt_tokens, requested, context)
         return requested
@@ -100,7 +107,12 @@ def sampling_for(
         raise RungError(f"top_k must be at least 1 (or 0: no top-k), got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
         raise RungError(f"top_p must be in (0, 1], got {top_p}")
-    max_tokens = fit_max_tokens(request.max_tokens, defaults.max_tokens, prompt_tokens, context)
+    if request.logprobs is not None and request.logprobs < 0:
+        raise RungError(f"logprobs must be 0 (each token's own) or more, got {request.logprobs}")
+    echo = bool(request.echo)
+    if echo and request.logprobs is None:
+        raise RungError("echo scores the prompt: ask for logprobs too (0 or more)")
+    max_tokens = fit_max_tokens(request.max_tokens, defaults.max_tokens, prompt_tokens, context, echo)
     return Sampling(
         max_tokens=max_tokens,
         temperature=float(temperature or 0.0),
@@ -109,4 +121,6 @@ def sampling_for(
         seed=request.seed,
         stop=tuple(dict.fromkeys(s for s in (*request.stop, *stop) if s)),
         stop_ids=frozenset(stop_ids),
+        logprobs=request.logprobs,
+        echo=echo,
     )

@@ -5,6 +5,12 @@ never part of a stop string, never a special token (`<|pad|>`, `<|im_start|>`: t
 markup, not text, as in transformers' pipelines); it knows when the row is finished and why
 ("stop": a stop id or stop string; "length": max_tokens). The token-picking loop is each
 framework's own.
+
+With `sampling.logprobs` set, the loop hands each token's `TokenLogprob` to `push` and the
+decoder keeps those of the tokens its text holds (not a stop id, not tokens past a stop
+string's start); `take_logprobs()` gives out the ones whose text has been shown, so a streamed
+delta carries the log-probabilities of exactly the tokens it shows. A row of `max_tokens` 0
+(echo: the prompt is scored, nothing generated) is finished ("length") from the start.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from rung.decoding.sampling import Sampling
+from rung.records import TokenLogprob
 
 
 class RowDecoder:
@@ -30,6 +37,14 @@ class RowDecoder:
         self._longest_stop = max((len(s) for s in sampling.stop), default=0)
         self._hidden = frozenset(int(i) for i in (getattr(tokenizer, "special_tokens", None) or {}).values())
         self._shown: list[int] = []  # `ids` without special tokens: what is decoded
+        # Log-probabilities, when asked: one per token of `ids`, with where its text ends in `text`.
+        self.wants_logprobs = sampling.logprobs is not None
+        self._logprobs: list[TokenLogprob] = []
+        self._ends: list[int] = []
+        self._given = 0  # entries handed out by take_logprobs
+        self.prompt_logprobs: tuple[TokenLogprob, ...] | None = None  # set by the loop with `echo`
+        if sampling.max_tokens == 0:
+            self.finish_reason = "length"
 
     @property
     def done(self) -> bool:
@@ -40,12 +55,17 @@ class RowDecoder:
         """What usage reports: every token generated, a stopping one included."""
         return self.generated
 
-    def push(self, token: int) -> str:
-        """Take the next token; return the text that may be shown now ('' if none)."""
+    def push(self, token: int, logprob: TokenLogprob | None = None) -> str:
+        """Take the next token (and, when asked, its log-probability); return the text that may
+        be shown now ('' if none)."""
         self.generated += 1
         if token in self.sampling.stop_ids:
             return self.finish("stop")
         self.ids.append(token)
+        tracked = logprob is not None and self.wants_logprobs
+        if tracked:
+            self._logprobs.append(logprob)
+            self._ends.append(len(self.text))
         if token not in self._hidden:
             self._shown.append(token)
             if self.incremental:
@@ -56,11 +76,51 @@ class RowDecoder:
                     cut = min((i for s in self.sampling.stop if (i := text.find(s, start)) >= 0), default=-1)
                     if cut >= 0:
                         self.text = text[:cut]
+                        self._drop_logprobs_from(cut)
                         return self.finish("stop")
                 self.text = text
+                if tracked:
+                    self._track_ends(len(text))
         if self.generated >= self.sampling.max_tokens:
             return self.finish("length")
         return self._safe_delta() if self.incremental else ""
+
+    def _track_ends(self, length: int) -> None:
+        """The text now ends at `length`: the newest token's text ends there, and no pending one
+        past it (the text can shrink: bytes of one character decode to U+FFFD until complete)."""
+        ends = self._ends
+        ends[-1] = length
+        i = len(ends) - 2  # the ends never decrease: clamp from the newest back to one that fits
+        while i >= self._given and ends[i] > length:
+            ends[i] = length
+            i -= 1
+
+    def _drop_logprobs_from(self, cut: int) -> None:
+        """Forget the tokens whose text starts at or past `cut` (a stop string's start)."""
+        keep = len(self._ends)
+        while keep > 0 and (self._ends[keep - 2] if keep > 1 else 0) >= cut:
+            keep -= 1
+        del self._logprobs[keep:], self._ends[keep:]
+
+    def take_logprobs(self) -> tuple[TokenLogprob, ...] | None:
+        """The log-probabilities not yet handed out of the tokens whose text has been shown (all
+        of them once the row is done); None when the request asked for none."""
+        if not self.wants_logprobs:
+            return None
+        if self.done:
+            upto = len(self._logprobs)
+        else:
+            upto = self._given
+            while upto < len(self._ends) and self._ends[upto] <= self.emitted:
+                upto += 1
+        taken = tuple(self._logprobs[self._given:upto])
+        self._given = upto
+        return taken
+
+    @property
+    def logprobs(self) -> tuple[TokenLogprob, ...] | None:
+        """Every kept token's log-probability (None when not asked): `Completion.logprobs`."""
+        return tuple(self._logprobs) if self.wants_logprobs else None
 
     def finish(self, reason: str) -> str:
         """End the row; return everything not yet shown."""

@@ -29,7 +29,7 @@ class TorchBackend(BaseBackend):
     """
 
     framework = "torch"
-    capabilities = Capabilities(chat=True, streaming=True, trainable=True)
+    capabilities = Capabilities(chat=True, streaming=True, logprobs=True, trainable=True)
 
     def __init__(self, options: TorchOptions | None = None, tokenizer: Tokenizer | None = None, **_: Any) -> None:
         self.options = options if options is not None else TorchOptions()
@@ -128,9 +128,9 @@ class TorchBackend(BaseBackend):
         decoder = RowDecoder(self._tokenizer(), sampling, len(prompt), incremental=True)
         for event in self._run([prompt], [sampling], [decoder]):
             if event.finish_reason is None:
-                yield Delta(event.text, model=self.name)
+                yield Delta(event.text, model=self.name, logprobs=event.logprobs)
             else:
-                yield Delta(event.text, event.finish_reason, _usage(decoder), self.name)
+                yield Delta(event.text, event.finish_reason, _usage(decoder), self.name, event.logprobs)
 
     def generate_batch(self, requests: Sequence[GenerationRequest], max_concurrency: int = 8) -> list[Completion]:
         """Decode up to `max_concurrency` requests at a time as one batch (left-padded)."""
@@ -141,7 +141,8 @@ class TorchBackend(BaseBackend):
             decoders = [RowDecoder(self._tokenizer(), s, len(p), incremental=False) for p, s in chunk]
             for _ in self._run([p for p, _ in chunk], [s for _, s in chunk], decoders):
                 pass
-            out += [Completion(d.text, d.finish_reason or "length", _usage(d), self.name) for d in decoders]
+            out += [Completion(d.text, d.finish_reason or "length", _usage(d), self.name, d.logprobs,
+                               d.prompt_logprobs) for d in decoders]
         return out
 
     def decode_slots(self, max_slots: int = 32):

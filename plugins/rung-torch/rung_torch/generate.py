@@ -8,6 +8,12 @@ or sampled with temperature, top-k and top-p from the row's own seeded `torch.Ge
 and hands it to that row's `rung.decoding.RowDecoder`, which turns tokens into text: incrementally when
 streaming or watching for stop strings (never half a UTF-8 character, never part of a stop
 string), once at the end otherwise.
+
+Log-probabilities, only when a row asks (`Sampling.logprobs`): each step's log-softmax of the
+logits that chose the tokens (the model's distribution, before temperature, top-k and top-p)
+gives the chosen token's entry and the k largest; with `Sampling.echo` the prefill computes the
+logits of every prompt position and scores the prompt the same way. A step of rows that ask for
+none does no extra work.
 """
 
 from __future__ import annotations
@@ -21,7 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from rung.decoding import RowDecoder, Sampling, context_error  # noqa: F401  (re-exported)
+from rung.decoding.logprobs import LogprobRecords, top_count
 from rung.errors import RungError
+from rung.records import TokenLogprob
 from rung_torch.model import KVCache
 
 
@@ -68,6 +76,7 @@ class Event:
     row: int
     text: str
     finish_reason: str | None = None
+    logprobs: tuple[TokenLogprob, ...] | None = None  # of the tokens whose text this event shows
 
 
 class FastForward:
@@ -121,8 +130,10 @@ class FastForward:
         return cached
 
     def __call__(self, tokens: torch.Tensor, cache: KVCache, start: int,
-                 positions: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (B, vocab) of the last of `tokens` (B, T), writing keys/values at `start`.
+                 positions: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                 every_position: bool = False) -> torch.Tensor:
+        """Logits (B, vocab) of the last of `tokens` (B, T), writing keys/values at `start`;
+        with `every_position`, the logits (B, T, vocab) of every position (echo's prompt scores).
 
         `positions` (B, T): rotary positions (default start + arange(T)); `mask` (B, 1, T,
         start + T) bool: True where a query may look (default: causal).
@@ -155,13 +166,15 @@ class FastForward:
                 if group > 1:
                     k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
-                if i == last:  # past the last attention only the last position matters
+                if i == last and not every_position:  # past the last attention only the last position matters
                     y, x = y[:, :, -1:], x[:, -1:]
                 y = y.transpose(1, 2).reshape(B, y.shape[2], nh * hd)
             x = x + y @ w_o
             h = F.rms_norm(x, (x.shape[-1],), w_post, self.eps)
             gate, up = (h @ w_gu).chunk(2, dim=-1)
             x = x + (F.silu(gate) * up) @ w_down
+        if every_position:
+            return F.rms_norm(x, (x.shape[-1],), self.norm, self.eps) @ self.head
         return F.rms_norm(x[:, -1], (x.shape[-1],), self.norm, self.eps) @ self.head
 
     def step(self, tokens: torch.Tensor, cache: KVCache, pos: int,
@@ -205,11 +218,11 @@ class ModuleForward:
             torch.autocast(param.device.type, dtype=dtype) if dtype != param.dtype else contextlib.nullcontext()
         )
 
-    def __call__(self, tokens, cache, start, positions=None, mask=None):
+    def __call__(self, tokens, cache, start, positions=None, mask=None, every_position=False):
         with self.autocast:
             logits = self.model(tokens, attention_mask=mask, position_ids=positions, cache=cache, start=start,
-                                last_only=True)
-        return logits[:, -1]
+                                last_only=not every_position)
+        return logits if every_position else logits[:, -1]
 
     def step(self, tokens, cache, pos, positions=None, mask=None):
         return self(tokens[:, None], cache, pos, None if positions is None else positions[:, None], mask)
@@ -305,24 +318,37 @@ def generate_tokens(
     # Compute runs under inference mode and, when small, on one CPU thread; neither is left on
     # while the caller has the text (a stream's consumer runs between our steps).
     n_params = sum(p.numel() for p in model.parameters())
+    top = top_count(rows)  # None: no row asks for log-probabilities (no extra work at all)
+    records = LogprobRecords(decoders[0].tokenizer) if top is not None else None
+    echo = any(r.echo for r in rows)
     with computing(device, n_params * B * T):
         forward = forward_for(model, dtype)
         cache = KVCache.allocate(config, B, total, device, dtype)
-        logits = forward(ids, cache, 0, None if positions is None else positions[:, :T], mask)
+        logits = forward(ids, cache, 0, None if positions is None else positions[:, :T], mask, every_position=echo)
+        if echo:
+            _score_prompts(logits, ids, pads, rows, decoders, records)
+            logits = logits[:, -1]
+    for i, decoder in enumerate(decoders):
+        if decoder.done:  # max_tokens 0 (echo): the prompt was all there was to do
+            yield Event(i, "", decoder.finish_reason, decoder.take_logprobs())
+    if all(d.done for d in decoders):
+        return
     pos = T
     while True:
         with computing(device, n_params * B):
             next_tokens = choose(logits, rows, generators)
             tokens = next_tokens.tolist()
+            entries = _step_logprobs(logits, next_tokens, tokens, rows, decoders, top, records) if top is not None \
+                else None
         for i, token in enumerate(tokens):
             decoder = decoders[i]
             if decoder.done:
                 continue
-            text = decoder.push(token)
+            text = decoder.push(token, entries[i] if entries is not None else None)
             if not decoder.done and (pos + 1 - pads[i] >= context or pos + 1 >= total):
                 text += decoder.finish("length")  # prompt + answer fill the context
             if text or decoder.done:
-                yield Event(i, text, decoder.finish_reason)
+                yield Event(i, text, decoder.finish_reason, decoder.take_logprobs())
         if all(d.done for d in decoders):
             return
         step_positions = None
@@ -331,3 +357,40 @@ def generate_tokens(
         with computing(device, n_params * B):
             logits = forward.step(next_tokens, cache, pos, step_positions, mask)
         pos += 1
+
+
+def _step_logprobs(logits: torch.Tensor, chosen: torch.Tensor, tokens: list[int], rows: Sequence[Sampling],
+                   decoders: Sequence[RowDecoder], top: int,
+                   records: LogprobRecords) -> list[TokenLogprob | None]:
+    """Each asking row's record of the token it chose from `logits` (B, vocab)."""
+    logprobs = logits.float().log_softmax(-1)
+    own = logprobs.gather(1, chosen[:, None])[:, 0].tolist()
+    top_values = top_ids = None
+    if top > 0:
+        values, indices = logprobs.topk(min(top, logprobs.shape[-1]), dim=-1)
+        top_values, top_ids = values.tolist(), indices.tolist()
+    out: list[TokenLogprob | None] = []
+    for i, (sampling, decoder) in enumerate(zip(rows, decoders)):
+        if sampling.logprobs is None or decoder.done:
+            out.append(None)
+            continue
+        k = sampling.logprobs
+        out.append(records.token(tokens[i], own[i], top_ids[i][:k] if k else (), top_values[i][:k] if k else ()))
+    return out
+
+
+def _score_prompts(logits: torch.Tensor, ids: torch.Tensor, pads: Sequence[int], rows: Sequence[Sampling],
+                   decoders: Sequence[RowDecoder], records: LogprobRecords | None) -> None:
+    """Echo: each asking row's prompt tokens scored by the prefill's logits (B, T, vocab) of the
+    positions before them (a left-padded row's real tokens start at its pad)."""
+    for i, sampling in enumerate(rows):
+        if not sampling.echo or records is None:
+            continue
+        prompt = ids[i, pads[i]:]
+        logprobs = logits[i, pads[i]:-1].float().log_softmax(-1)  # position j predicts prompt[j + 1]
+        own = logprobs.gather(1, prompt[1:, None])[:, 0].tolist()
+        top_ids = top_values = None
+        if sampling.logprobs:
+            values, indices = logprobs.topk(min(sampling.logprobs, logprobs.shape[-1]), dim=-1)
+            top_ids, top_values = indices.tolist(), values.tolist()
+        decoders[i].prompt_logprobs = records.prompt(prompt.tolist(), own, top_ids, top_values)
