@@ -27,12 +27,14 @@ import click
               help="seconds a request may run, waiting included, before it is cancelled [default: 600]")
 @click.option("--max-tokens", type=click.IntRange(min=1), metavar="N",
               help="the most new tokens a request may ask for (and its default) [default: the model's limit]")
+@click.option("--max-slots", type=click.IntRange(min=1), metavar="N",
+              help="requests a torch model decodes at once (continuous batching) [default: 32]")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]),
               help="uvicorn's log level [default: info]")
 def serve(config: str | None, backend: str | None, model: str | None, options: tuple[str, ...],
           tokenizer: str | None, name: str | None, host: str | None, port: int | None, api_key: str | None,
           api_key_store: str | None, max_queue: int | None, request_timeout: float | None, max_tokens: int | None,
-          log_level: str | None) -> None:
+          max_slots: int | None, log_level: str | None) -> None:
     """Serve models over OpenAI's HTTP API: /v1/chat/completions, /v1/completions, /v1/models,
     /tokenize, /detokenize, /health, /metrics, and a chat page at /.
 
@@ -67,7 +69,8 @@ def serve(config: str | None, backend: str | None, model: str | None, options: t
     else:
         raise RungError("rung serve: give a CONFIG file or -b BACKEND (see rung serve --help)")
 
-    given = {"max_queue": max_queue, "request_timeout": request_timeout, "max_tokens": max_tokens}
+    given = {"max_queue": max_queue, "request_timeout": request_timeout, "max_tokens": max_tokens,
+             "max_slots": max_slots}
     limits = settings.limits.model_copy(update={k: v for k, v in given.items() if v is not None})
     _run(served, kinds, key, limits, host or settings.server.host,
          settings.server.port if port is None else port, log_level or settings.server.log_level)
