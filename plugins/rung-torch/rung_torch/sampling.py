@@ -45,7 +45,10 @@ class TokenRow:
     def done(self) -> bool:
         return self.finish_reason is not None
 
-    def push(self, token: int) -> str:
+    def take_logprobs(self) -> None:
+        return None  # ids only: no log-probabilities are asked for or kept
+
+    def push(self, token: int, logprob: Any = None) -> str:
         self.ids.append(token)
         if token in self.sampling.stop_ids:
             self.finish_reason = "stop"
