@@ -36,7 +36,7 @@ class HFBackend(BaseBackend):
     """
 
     framework = "torch"
-    capabilities = Capabilities(chat=True, streaming=True, logprobs=False, trainable=True)
+    capabilities = Capabilities(chat=True, streaming=True, logprobs=True, trainable=True)
 
     def __init__(self, options: HFOptions, tokenizer: Any = None) -> None:
         from rung_hf.loading import load_model, load_tokenizer
@@ -122,7 +122,8 @@ class HFBackend(BaseBackend):
         with self._lock:
             generate_rows(self.model, [ids for ids, _ in batch], sampling, decoders,
                           self._base_generation_config, self.pad_id, self.device)
-        return [Completion(d.text, d.finish_reason or "length", _usage(d), self.options.model) for d in decoders]
+        return [Completion(d.text, d.finish_reason or "length", _usage(d), self.options.model, d.logprobs,
+                           d.prompt_logprobs) for d in decoders]
 
     def generate(self, request: GenerationRequest) -> Completion:
         return self._run([self._prepare(request)])[0]
@@ -158,9 +159,10 @@ class HFBackend(BaseBackend):
                           lock=self._lock)
         with contextlib.closing(rows):  # a caller that stops reading ends generate() here
             for text in rows:
-                yield Delta(text, model=self.options.model)
+                yield Delta(text, model=self.options.model, logprobs=decoder.take_logprobs())
         tail = decoder.finish("length")  # generate() ended at max_new_tokens
-        yield Delta(tail, finish_reason=decoder.finish_reason, usage=_usage(decoder), model=self.options.model)
+        yield Delta(tail, finish_reason=decoder.finish_reason, usage=_usage(decoder), model=self.options.model,
+                    logprobs=decoder.take_logprobs())
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text))

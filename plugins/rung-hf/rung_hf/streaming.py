@@ -1,6 +1,7 @@
 """One row streamed from `model.generate`: it runs in a worker thread and hands each new token
 over a queue; the caller's thread turns tokens into text deltas (the core's RowDecoder) and
-ends the generation as soon as the row is done or the caller stops reading."""
+ends the generation as soon as the row is done or the caller stops reading. With logprobs
+asked, each token travels with its record (`generation.StepLogprobs`, computed in the worker)."""
 
 from __future__ import annotations
 
@@ -13,22 +14,28 @@ from rung.decoding import RowDecoder, Sampling
 
 
 class TokenQueue:
-    """A transformers streamer that hands each step's new token ids to the consuming thread."""
+    """A transformers streamer that hands each step's new token ids (and, with a `recorder`,
+    their log-probability records) to the consuming thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, recorder: Any = None) -> None:
         self.queue: queue.Queue = queue.Queue()
         self.prompt_seen = False
+        self.recorder = recorder
+        self.steps = 0
 
     def put(self, value: Any) -> None:
         if not self.prompt_seen:  # generate() first puts the prompt
             self.prompt_seen = True
             return
-        self.queue.put([int(t) for t in value.reshape(-1).tolist()])
+        tokens = [int(t) for t in value.reshape(-1).tolist()]
+        entries = self.recorder.at(self.steps, value) if self.recorder is not None else [None] * len(tokens)
+        self.steps += 1
+        self.queue.put(list(zip(tokens, entries)))
 
     def end(self) -> None:
         self.queue.put(None)
 
-    def get(self) -> list[int] | None:
+    def get(self) -> list[tuple[int, Any]] | None:
         return self.queue.get()
 
 
@@ -41,12 +48,25 @@ def stream_row(model: Any, prompt: list[int], sampling: Sampling, decoder: RowDe
 
     import torch
 
+    from rung.decoding import LogprobRecords
     from rung_hf.criteria import Cancel, StoppingCriteriaList
-    from rung_hf.generation import eval_mode, generation_config, left_padded
+    from rung_hf.generation import StepLogprobs, eval_mode, generation_config, left_padded, score_prompt
 
     input_ids, mask = left_padded([prompt], pad_id, device)
+    recorder, extra = None, {}
+    if sampling.logprobs is not None:
+        from transformers import LogitsProcessorList
+
+        records = LogprobRecords(decoder.tokenizer)
+        if sampling.echo:
+            with lock or contextlib.nullcontext():
+                decoder.prompt_logprobs = score_prompt(model, prompt, sampling.logprobs, records, device)
+        recorder = StepLogprobs(records, sampling.logprobs, input_ids.shape[1])
+        extra = dict(logits_processor=LogitsProcessorList([recorder]))
+    if decoder.done:  # max_tokens 0 (echo): nothing to generate
+        return
     config = generation_config(base_config, sampling, pad_id)
-    streamer = TokenQueue()
+    streamer = TokenQueue(recorder)
     cancel = Cancel()
     failure: list[BaseException] = []
 
@@ -56,7 +76,7 @@ def stream_row(model: Any, prompt: list[int], sampling: Sampling, decoder: RowDe
                 if sampling.seed is not None:
                     torch.manual_seed(sampling.seed)
                 model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config,
-                               stopping_criteria=StoppingCriteriaList([cancel]), streamer=streamer)
+                               stopping_criteria=StoppingCriteriaList([cancel]), streamer=streamer, **extra)
         except BaseException as exc:  # handed to the caller's thread
             failure.append(exc)
         finally:
@@ -66,8 +86,8 @@ def stream_row(model: Any, prompt: list[int], sampling: Sampling, decoder: RowDe
     thread.start()
     try:
         while not decoder.done and (tokens := streamer.get()) is not None:
-            for token in tokens:
-                text = decoder.push(token)
+            for token, entry in tokens:
+                text = decoder.push(token, entry)
                 if text:
                     yield text
                 if decoder.done:
