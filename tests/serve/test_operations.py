@@ -135,7 +135,7 @@ def test_metrics_after_real_requests(tiny_backend):
 def test_a_full_queue_answers_429_with_retry_after(long_backend):
     from rung_serve.app import create_app
 
-    with ServerThread(create_app({NAME: long_backend}, limits=Limits(max_queue=1))) as served:
+    with ServerThread(create_app({NAME: long_backend}, limits=Limits(max_queue=1, max_slots=1))) as served:
         port = served.port
         running = open_stream(port, {"prompt": "hi", "max_tokens": MANY, "temperature": 0})
         waiting: dict = {}

@@ -94,7 +94,11 @@ class Scheduler:
         self._running: dict[int, _Ticket] = {}  # slot -> ticket; the worker's alone
         self._thread: threading.Thread | None = None
         self._closed = False
-        self.cancelled_slots = 0  # slots freed before their request finished (disconnects, time limits)
+        # What the batch has done (tests, benchmarks): decoding steps run, the most requests one
+        # step decoded, slots freed before their request finished (disconnects, time limits).
+        self.steps = 0
+        self.peak_active = 0
+        self.cancelled_slots = 0
 
     # -- the asyncio side
 
@@ -238,6 +242,8 @@ class Scheduler:
             ticket.deliver(exc)
 
     def _step(self) -> None:
+        self.steps += 1
+        self.peak_active = max(self.peak_active, self.slots.active)
         try:
             deltas = self.slots.step()
         except Exception as exc:  # noqa: BLE001 - every running request gets the error; the batch starts over
