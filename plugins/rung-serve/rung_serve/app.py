@@ -22,6 +22,7 @@ import contextlib
 import hmac
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -41,6 +42,7 @@ from rung_serve.openai_format import (
     Chunks,
     chat_completion,
     chat_request,
+    check_backend,
     completion_request,
     stream_flags,
     text_completion,
@@ -133,11 +135,20 @@ def create_app(models: Mapping[str, Any], api_key: str | None = None,
                 raise _too_large(max_body_bytes)
             chunks.append(piece)
         try:
-            body = json.loads(b"".join(chunks))
+            body = json.loads(b"".join(chunks), parse_constant=_not_finite, parse_float=_finite)
+        except _NotFinite as exc:
+            raise ServeError(400, f"the request body has {exc}: numbers must be finite") from None
         except (ValueError, UnicodeDecodeError):
             raise ServeError(400, "the request body is not valid JSON") from None
+        except RecursionError:
+            raise ServeError(400, "the request body is nested too deeply") from None
         if not isinstance(body, dict):
             raise ServeError(400, "the request body must be a JSON object")
+        try:  # JSON's \ud800-style escapes can smuggle lone surrogates, which no tokenizer takes
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ServeError(400, "the request body has a lone surrogate (\\ud800-\\udfff) in a string: "
+                             "not valid Unicode") from None
         return body
 
     def pick(body: dict[str, Any]) -> _Model:
@@ -155,6 +166,7 @@ def create_app(models: Mapping[str, Any], api_key: str | None = None,
         model = pick(body)
         try:
             rung_request = chat_request(body) if chat else completion_request(body)
+            check_backend(rung_request, model.backend)
             stream, include_usage = stream_flags(body)
         except BadRequest as exc:
             raise ServeError(400, exc.message, param=exc.param, code=exc.code) from None
@@ -168,8 +180,9 @@ def create_app(models: Mapping[str, Any], api_key: str | None = None,
                 except RungError as exc:
                     raise _backend_error(exc) from None
             metrics.count_usage(model.name, done.usage)
-            return (chat_completion if chat else text_completion)(done, model.name)
-        return await open_stream(model, rung_request, Chunks(model.name, chat, include_usage), started, deadline)
+            return (chat_completion if chat else text_completion)(done, model.name, rung_request)
+        return await open_stream(model, rung_request, Chunks(model.name, chat, include_usage, rung_request), started,
+                                 deadline)
 
     async def open_stream(model: _Model, rung_request: GenerationRequest, chunks: Chunks, started: float,
                           deadline: float | None) -> StreamingResponse:
@@ -301,6 +314,21 @@ def chat_page() -> str:
     from importlib.resources import files
 
     return (files("rung_serve") / "static" / "chat.html").read_text(encoding="utf-8")
+
+
+class _NotFinite(ValueError):
+    """NaN or an infinity in a request body: Python's json reads them, JSON has none."""
+
+
+def _not_finite(constant: str) -> float:
+    raise _NotFinite(constant)
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotFinite(f"{text[:40]}, beyond a float's range")
+    return value
 
 
 async def _discard(request: Request, seen: int) -> None:
