@@ -46,6 +46,7 @@ class GenerationRequest:
     # has logprob None); with max_tokens 0 nothing is generated (lm-evaluation-harness's
     # log-likelihood requests: echo, logprobs, max_tokens 0).
     echo: bool = False
+    prompt_ids: tuple[int, ...] | None = None  # the prompt as token ids, used instead of encoding `prompt`
 
     def __post_init__(self) -> None:
         if not self.messages and self.prompt is None:

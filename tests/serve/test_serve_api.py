@@ -118,8 +118,8 @@ def test_errors_are_openai_error_json(client, served):
         client.chat.completions.create(model=NAME, messages=HI, max_tokens=500, stream=True)
     assert "context of 128" in caught.value.body["message"]
 
-    with pytest.raises(openai.BadRequestError, match="logprobs are not supported yet"):
-        client.chat.completions.create(model=NAME, messages=HI, logprobs=True)
+    with pytest.raises(openai.BadRequestError, match="'top_logprobs' needs"):  # tests/serve/test_logprobs.py: the rest
+        client.chat.completions.create(model=NAME, messages=HI, top_logprobs=2)
     with pytest.raises(openai.BadRequestError, match="'n' must be 1"):
         client.chat.completions.create(model=NAME, messages=HI, n=2)
 

@@ -23,12 +23,13 @@ from rung.decoding.sampling import (
     sampling_for,
 )
 from rung.decoding.text import RowDecoder
+from rung.errors import RungError
 from rung.records import GenerationRequest
 
 __all__ = [
-    "Defaults", "LogprobRecords", "RowDecoder", "Sampling", "check_max_tokens", "context_error", "encode_text", "end_of_turn",
-    "fit_max_tokens", "has_chat_template", "plain_text", "prompt_text", "request_to_prompt", "sampling_for",
-    "top_count",
+    "Defaults", "LogprobRecords", "RowDecoder", "Sampling", "check_max_tokens", "context_error", "encode_text",
+    "end_of_turn", "fit_max_tokens", "has_chat_template", "plain_text", "prompt_text", "request_to_prompt",
+    "sampling_for", "top_count",
 ]
 
 
@@ -47,8 +48,14 @@ def request_to_prompt(
     Generation stops at eos, at the tokenizer's end-of-turn token, and, when the chat template
     was applied, at the template's end-of-turn marker.
     """
-    text, chat = prompt_text(request, tokenizer)
-    ids = encode_text(tokenizer, text, chat)
+    if request.prompt_ids is not None:  # a token prompt (/v1/completions): the ids as given
+        ids, chat = [int(i) for i in request.prompt_ids], False
+        vocab = getattr(tokenizer, "vocab_size", None)
+        if not ids or (isinstance(vocab, int) and any(not 0 <= i < vocab for i in ids)):
+            raise RungError(f"a token prompt must be a non-empty list of ids in [0, {vocab}), got {ids[:8]}...")
+    else:
+        text, chat = prompt_text(request, tokenizer)
+        ids = encode_text(tokenizer, text, chat)
     stops = set(stop_ids)
     if tokenizer.eos_id is not None:
         stops.add(int(tokenizer.eos_id))

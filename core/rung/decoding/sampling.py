@@ -32,7 +32,12 @@ class Sampling:
     stop: tuple[str, ...] = ()
     stop_ids: frozenset[int] = field(default_factory=frozenset)
     logprobs: int | None = None  # None: none; 0: each token's own; k: also the k most likely
-    echo: bool = False  # score the prompt's tokens too (`Completion.prompt_logprobs`)
+    echo: bool = False  # the prompt is echoed: with `logprobs`, its tokens are scored too
+
+    @property
+    def scores_prompt(self) -> bool:
+        """Whether the loop scores the prompt (`Completion.prompt_logprobs`): echo with logprobs."""
+        return self.echo and self.logprobs is not None
 
     @property
     def greedy(self) -> bool:
@@ -110,8 +115,6 @@ def sampling_for(
     if request.logprobs is not None and request.logprobs < 0:
         raise RungError(f"logprobs must be 0 (each token's own) or more, got {request.logprobs}")
     echo = bool(request.echo)
-    if echo and request.logprobs is None:
-        raise RungError("echo scores the prompt: ask for logprobs too (0 or more)")
     max_tokens = fit_max_tokens(request.max_tokens, defaults.max_tokens, prompt_tokens, context, echo)
     return Sampling(
         max_tokens=max_tokens,

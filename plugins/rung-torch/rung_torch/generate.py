@@ -320,7 +320,7 @@ def generate_tokens(
     n_params = sum(p.numel() for p in model.parameters())
     top = top_count(rows)  # None: no row asks for log-probabilities (no extra work at all)
     records = LogprobRecords(decoders[0].tokenizer) if top is not None else None
-    echo = any(r.echo for r in rows)
+    echo = any(r.scores_prompt for r in rows)
     with computing(device, n_params * B * T):
         forward = forward_for(model, dtype)
         cache = KVCache.allocate(config, B, total, device, dtype)
@@ -384,7 +384,7 @@ def _score_prompts(logits: torch.Tensor, ids: torch.Tensor, pads: Sequence[int],
     """Echo: each asking row's prompt tokens scored by the prefill's logits (B, T, vocab) of the
     positions before them (a left-padded row's real tokens start at its pad)."""
     for i, sampling in enumerate(rows):
-        if not sampling.echo or records is None:
+        if not sampling.scores_prompt or records is None:
             continue
         prompt = ids[i, pads[i]:]
         logprobs = logits[i, pads[i]:-1].float().log_softmax(-1)  # position j predicts prompt[j + 1]
