@@ -25,7 +25,7 @@ class JaxBackend(BaseBackend):
     """
 
     framework = "jax"
-    capabilities = Capabilities(chat=True, streaming=True, trainable=True)
+    capabilities = Capabilities(chat=True, streaming=True, logprobs=True, trainable=True)
 
     def __init__(self, options: JaxOptions | None = None, tokenizer: Tokenizer | None = None, **_: Any) -> None:
         from rung_jax import runtime
@@ -127,13 +127,17 @@ class JaxBackend(BaseBackend):
         from rung_jax.generation import generate_ids
 
         prompt, sampling = self._prepare(request)
-        if sampling.stop:  # stop strings are watched token by token: stop as soon as one appears
-            text, finish, usage = "", None, None
-            for delta in self.stream(request):
-                text += delta.text
-                finish, usage = delta.finish_reason or finish, delta.usage or usage
-            return Completion(text, finish or "length", usage or Usage(len(prompt), 0), self.name)
+        if sampling.stop or sampling.logprobs is not None:
+            # Stop strings are watched token by token (stop as soon as one appears); log-probabilities
+            # come from the step-by-step programs.
+            decoder = RowDecoder(self._tokenizer(), sampling, len(prompt), incremental=True)
+            for _ in self._deltas(prompt, sampling, decoder):
+                pass
+            return Completion(decoder.text, decoder.finish_reason or "length", _usage(decoder), self.name,
+                              decoder.logprobs, decoder.prompt_logprobs)
         decoder = RowDecoder(self._tokenizer(), sampling, len(prompt), incremental=False)
+        if decoder.done:  # max_tokens 0 (echo without logprobs): nothing to generate
+            return Completion("", "length", _usage(decoder), self.name)
         for token in generate_ids(self.model, prompt, sampling, self._decode_dtype()):
             decoder.push(token)
             if decoder.done:
@@ -142,21 +146,39 @@ class JaxBackend(BaseBackend):
         return Completion(decoder.text, decoder.finish_reason or "length", _usage(decoder), self.name)
 
     def stream(self, request: GenerationRequest) -> Iterator[Delta]:
-        from rung_jax.generation import stream_ids
-
         prompt, sampling = self._prepare(request)
         decoder = RowDecoder(self._tokenizer(), sampling, len(prompt), incremental=True)
+        yield from self._deltas(prompt, sampling, decoder)
+
+    def _deltas(self, prompt: list[int], sampling: Any, decoder: RowDecoder) -> Iterator[Delta]:
+        """One row's deltas, a token at a time (jitted prefill, then a jitted step each); with
+        log-probabilities asked, each token's record goes to the decoder (and the prompt's, echo)."""
+        from rung.decoding import LogprobRecords
+        from rung_jax.generation import stream_ids, stream_scored
+
+        tokens: Iterator[tuple[int, Any]] = iter(())
+        if sampling.logprobs is not None:
+            k, records = sampling.logprobs, LogprobRecords(self._tokenizer())
+            if sampling.scores_prompt or not decoder.done:
+                (own, values, ids), scored = stream_scored(self.model, prompt, sampling, self._decode_dtype())
+                if sampling.scores_prompt:
+                    decoder.prompt_logprobs = records.prompt(prompt, own, [i[:k] for i in ids],
+                                                             [v[:k] for v in values])
+                tokens = ((t, records.token(t, lp, top_ids[:k], top_values[:k]))
+                          for t, (lp, top_values, top_ids) in scored)
+        elif not decoder.done:
+            tokens = ((t, None) for t in stream_ids(self.model, prompt, sampling, self._decode_dtype()))
         text = ""
-        for token in stream_ids(self.model, prompt, sampling, self._decode_dtype()):
-            text = decoder.push(token)
+        for token, entry in () if decoder.done else tokens:
+            text = decoder.push(token, entry)
             if decoder.done:
                 break
             if text:
-                yield Delta(text, model=self.name)
+                yield Delta(text, model=self.name, logprobs=decoder.take_logprobs())
                 text = ""
         if not decoder.done:  # the context is full
             text += decoder.finish("length")
-        yield Delta(text, decoder.finish_reason, _usage(decoder), self.name)
+        yield Delta(text, decoder.finish_reason, _usage(decoder), self.name, decoder.take_logprobs())
 
     def generate_batch(self, requests: Sequence[GenerationRequest], max_concurrency: int = 8) -> list[Completion]:
         """One request at a time: each decode loop already uses every core."""

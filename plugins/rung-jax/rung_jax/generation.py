@@ -8,6 +8,12 @@ row with its own key and stop, the loop running until every row is done): online
 sampler (`rung_jax.sampling`). Shapes are bucketed (prompt and cache lengths rounded up to
 powers of two) so a handful of compilations serve every request. Sampling (greedy,
 temperature, top-k, top-p) takes traced values: changing them never recompiles.
+
+`stream_scored` is `stream_ids` with log-probabilities (a request that asks for them): the
+same keys and choices, and each step also returns the log-softmax of the logits that chose
+the token (the model's own, before temperature, top-k and top-p) at that token and its
+TOP_LOGPROBS largest, the prefill the same for every prompt position (echo). Its programs are
+separate, so a request without log-probabilities runs exactly as before.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from rung.decoding import Sampling, context_error
 from rung.errors import RungError
 
 MAX_STOP_IDS = 4
+TOP_LOGPROBS = 20  # the most any request may ask for (OpenAI's limit): computed once, sliced per request
 
 
 def choose(logits: jax.Array, key: jax.Array, temperature, top_k, top_p) -> jax.Array:
@@ -86,6 +93,38 @@ def _programs(graphdef: Any, prompt_len: int, cache_len: int):
     return jax.jit(prefill), jax.jit(step, donate_argnums=(2,)), jax.jit(whole)
 
 
+def _scores(logits: jax.Array, tokens: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(logprob of each of `tokens`, top values, top ids) of logits [..., V] (the last axis)."""
+    logprobs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    own = jnp.take_along_axis(logprobs, tokens[..., None], axis=-1)[..., 0]
+    values, ids = jax.lax.top_k(logprobs, min(TOP_LOGPROBS, logprobs.shape[-1]))
+    return own, values, ids
+
+
+@lru_cache(maxsize=32)
+def _scored_programs(graphdef: Any, prompt_len: int, cache_len: int):
+    """`_programs`' prefill and step, also returning the scores (`_scores`) of what they choose;
+    the prefill also scores every prompt position (position j predicts token j + 1)."""
+
+    def prefill(state, prompt, n_prompt, key, temperature, top_k, top_p):
+        model = nnx.merge(graphdef, state)
+        cache = model.init_cache(1, cache_len)
+        logits, cache = model.decode(prompt, cache, 0)
+        key, sub = jax.random.split(key)
+        last = logits[0, n_prompt - 1]
+        token = choose(last, sub, temperature, top_k, top_p)
+        return token, cache, key, _scores(last, token), _scores(logits[0, :-1], prompt[0, 1:])
+
+    def step(state, token, cache, index, key, temperature, top_k, top_p):
+        model = nnx.merge(graphdef, state)
+        logits, cache = model.decode(token.reshape(1, 1), cache, index)
+        key, sub = jax.random.split(key)
+        token = choose(logits[0, -1], sub, temperature, top_k, top_p)
+        return token, cache, key, _scores(logits[0, -1], token)
+
+    return jax.jit(prefill), jax.jit(step, donate_argnums=(2,))
+
+
 def _setup(model: nnx.Module, prompt: Sequence[int], sampling: Sampling, dtype: Any):
     context = model.arch.max_seq_len
     n = len(prompt)
@@ -129,6 +168,32 @@ def stream_ids(model: nnx.Module, prompt: Sequence[int], sampling: Sampling, dty
         if i == max_new or value in sampling.stop_ids:
             return
         token, cache, key = step(state, token, cache, jnp.int32(n + i - 1), key, *knobs)
+
+
+Scores = tuple[float, list[float], list[int]]  # (the token's logprob, top values, top ids), best first
+
+
+def stream_scored(model: nnx.Module, prompt: Sequence[int], sampling: Sampling, dtype: Any = None
+                  ) -> tuple[tuple[list[float], list[list[float]], list[list[int]]], Iterator[tuple[int, Scores]]]:
+    """(the prompt's scores, the tokens of one completion with theirs): `stream_ids` with
+    log-probabilities. The prefill runs now; the prompt's scores are (logprobs of tokens 1..n-1,
+    their top values, top ids)."""
+    graphdef, state, padded, n, max_new, p_len, c_len, key, knobs = _setup(model, prompt, sampling, dtype)
+    prefill, step = _scored_programs(graphdef, p_len, c_len)
+    token, cache, key, scores, prompt_scores = prefill(state, padded, jnp.int32(n), key, *knobs)
+    own, values, ids = (np.asarray(a)[: n - 1].tolist() for a in prompt_scores)
+
+    def tokens() -> Iterator[tuple[int, Scores]]:
+        nonlocal token, cache, key, scores
+        for i in range(1, max_new + 1):
+            value = int(token)
+            lp, top_values, top_ids = (np.asarray(a).tolist() for a in scores)
+            yield value, (lp, top_values, top_ids)
+            if i == max_new or value in sampling.stop_ids:
+                return
+            token, cache, key, scores = step(state, token, cache, jnp.int32(n + i - 1), key, *knobs)
+
+    return (own, values, ids), tokens()
 
 
 def _stop_array(stop_ids) -> np.ndarray:
