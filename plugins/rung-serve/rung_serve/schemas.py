@@ -55,9 +55,10 @@ class ChatCompletionBody(_Sampling):
 
 
 class CompletionBody(_Sampling):
-    prompt: str | list[str]
+    prompt: str | list[str] | list[int] = Field(description="text, or token ids (one prompt per request)")
+    max_tokens: int | None = Field(None, ge=0, description="0 only with echo: score the prompt, generate nothing")
     echo: bool | None = None
-    logprobs: int | None = Field(None, ge=0, le=20)
+    logprobs: int | None = Field(None, ge=0, le=5)
 
 
 class TokenizeBody(_Body):
