@@ -22,6 +22,8 @@ and text is `rung.decoding.RowDecoder` (stop strings, stop ids, max_tokens), inc
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +32,7 @@ import torch
 from rung.decoding import RowDecoder, Sampling
 from rung.errors import RungError
 from rung.records import Delta, GenerationRequest, Usage
-from rung_torch.generate import choose, computing, forward_for
+from rung_torch.generate import FastForward, choose, computing, forward_for
 from rung_torch.model import KVCache
 
 
@@ -44,6 +46,7 @@ class _Request:
     sampling: Sampling
     generator: torch.Generator | None
     length: int  # cache columns filled: the prompt and every token fed back
+    prompt: list[int] | None  # the prompt ids until the prefill has written them
     token: int = -1  # the token chosen this step, fed at the next forward
 
 
@@ -69,6 +72,9 @@ class TorchDecodeSlots:
         self._rows: list[_Request] = []  # compact: self._rows[i].row == i
         self._by_slot: dict[int, _Request] = {}
         self._free_slots = list(range(max_slots - 1, -1, -1))  # popped from the end: 0 first
+        # Resolved when a batch starts from empty, kept while it runs (as `generate` resolves
+        # them once per call): the model, its forward pass, its parameter count.
+        self._batch: _Batch | None = None
 
     @property
     def free(self) -> int:
@@ -92,25 +98,18 @@ class TorchDecodeSlots:
         prompt, sampling = self.backend._prepare(request)  # the backend's checks: context, sampling
         if not prompt:
             raise RungError("the prompt encodes to no tokens: give some text to continue")
-        model = self._model()
-        context = model.config.max_seq_len
-        if self.cache is None:
-            self.cache = KVCache.allocate(model.config, self.max_slots, context, self.device, self.dtype)
+        if not self._rows or self._batch is None:
+            self._batch = _Batch(self.backend, self.dtype)
+        batch = self._batch
+        if self.cache is None or self.cache.length != batch.context:
+            self.cache = KVCache.allocate(batch.model.config, self.max_slots, batch.context, self.device, self.dtype)
         generator = None
         if not sampling.greedy:
             generator = torch.Generator(device=self.device)
             generator.manual_seed(sampling.seed) if sampling.seed is not None else generator.seed()
-        row = len(self._rows)
-        ids = torch.tensor([prompt], dtype=torch.long, device=self.device)
-        own_row = KVCache(self.cache.k[:, row:row + 1], self.cache.v[:, row:row + 1])
-        with _eval(model), computing(self.device, _work(model, len(prompt))):
-            logits = forward_for(model, self.dtype)(ids, own_row, 0)
-        if self.logits is None:
-            self.logits = torch.empty((self.max_slots, logits.shape[-1]), dtype=logits.dtype, device=self.device)
-        self.logits[row] = logits[0]
         slot = self._free_slots.pop()
         decoder = RowDecoder(self.backend._tokenizer(), sampling, len(prompt), incremental=True)
-        entry = _Request(slot, row, decoder, sampling, generator, len(prompt))
+        entry = _Request(slot, len(self._rows), decoder, sampling, generator, len(prompt), prompt)
         self._rows.append(entry)
         self._by_slot[slot] = entry
         return slot
@@ -120,10 +119,12 @@ class TorchDecodeSlots:
     def step(self) -> list[tuple[int, Delta]]:
         if not self._rows:
             return []
-        model = self._model()
-        context = model.config.max_seq_len
+        batch = self._batch
+        arrived = [entry for entry in self._rows if entry.prompt is not None]
+        if arrived:
+            self._prefill(arrived)
         n = len(self._rows)
-        with _eval(model), computing(self.device, _work(model, n)):
+        with batch.computing(self.device, n):
             chosen = choose(self.logits[:n], [r.sampling for r in self._rows],
                             [r.generator for r in self._rows]).tolist()
         out: list[tuple[int, Delta]] = []
@@ -131,7 +132,7 @@ class TorchDecodeSlots:
         for entry, token in zip(self._rows, chosen):
             decoder = entry.decoder
             text = decoder.push(token)
-            if not decoder.done and entry.length + 1 >= context:
+            if not decoder.done and entry.length + 1 >= batch.context:
                 text += decoder.finish("length")  # prompt + answer fill the context
             if decoder.done:
                 usage = Usage(prompt_tokens=decoder.prompt_tokens, completion_tokens=decoder.generated)
@@ -144,18 +145,47 @@ class TorchDecodeSlots:
         for entry in finished:
             self._remove(entry)
         if self._rows:
-            with _eval(model), computing(self.device, _work(model, len(self._rows))):
-                self._forward(model)
+            with batch.computing(self.device, len(self._rows)):
+                self._forward(batch.forward)
         return out
 
-    def _forward(self, model: Any) -> None:
+    def _prefill(self, arrived: list[_Request]) -> None:
+        """Write the prompts of requests that joined since the last step into their rows, and
+        their first logits: a group of prompts of similar lengths left-padded into one forward
+        pass (as `generate` prefills a batch), then each row's columns moved to 0..length-1."""
+        batch = self._batch
+        for group in _similar_lengths(arrived):
+            lengths = [len(entry.prompt) for entry in group]
+            longest = max(lengths)
+            ids = torch.tensor([[0] * (longest - len(e.prompt)) + e.prompt for e in group], dtype=torch.long,
+                               device=self.device)
+            with batch.computing(self.device, ids.numel()):
+                if len(group) == 1:  # alone: straight into its row, as `generate` does
+                    row = group[0].row
+                    logits = batch.forward(ids, KVCache(self.cache.k[:, row:row + 1], self.cache.v[:, row:row + 1]), 0)
+                else:
+                    pads = torch.tensor([longest - n for n in lengths], device=self.device)
+                    columns = torch.arange(longest, device=self.device)
+                    valid = columns[None, :] >= pads[:, None]
+                    positions = (columns[None, :] - pads[:, None]).clamp(min=0)
+                    padded = KVCache.allocate(batch.model.config, len(group), longest, self.device, self.dtype)
+                    logits = batch.forward(ids, padded, 0, positions, batch.model._mask(valid, longest, 0))
+                    for i, (entry, length) in enumerate(zip(group, lengths)):
+                        for cache, written in ((self.cache.k, padded.k), (self.cache.v, padded.v)):
+                            cache[:, entry.row, :, :length] = written[:, i, :, longest - length:]
+            if self.logits is None:
+                self.logits = torch.empty((self.max_slots, logits.shape[-1]), dtype=logits.dtype, device=self.device)
+            for i, entry in enumerate(group):
+                self.logits[entry.row] = logits[i]
+                entry.prompt = None
+
+    def _forward(self, forward: Any) -> None:
         """Feed each active row its chosen token: logits of the next one, cache one longer."""
         n = len(self._rows)
         lengths = [r.length for r in self._rows]
         longest = max(lengths)
         tokens = torch.tensor([r.token for r in self._rows], dtype=torch.long, device=self.device)
         rows = KVCache(self.cache.k[:, :n], self.cache.v[:, :n])
-        forward = forward_for(model, self.dtype)
         if all(length == longest for length in lengths):
             self.logits[:n] = forward.step(tokens, rows, longest)
         else:
@@ -191,13 +221,28 @@ class TorchDecodeSlots:
         del self._by_slot[entry.slot]
         self._free_slots.append(entry.slot)
 
-    def _model(self) -> Any:
+
+class _Batch:
+    """What a running batch decodes with (see `TorchDecodeSlots.__init__`)."""
+
+    def __init__(self, backend: Any, dtype: torch.dtype) -> None:
         from rung_torch.modeling import unwrap
 
-        model = unwrap(self.backend.model)
+        model = unwrap(backend.model)
         if hasattr(model, "get_base_model"):  # peft: the rung Transformer with adapters inside
             model = model.get_base_model()
-        return model
+        self.model, self.context = model, model.config.max_seq_len
+        self.forward = forward_for(model, dtype)
+        self.params = sum(p.numel() for p in model.parameters())
+        # The flat forward calls no module: the training flag matters on the module path only
+        # (and switching it walks every module: too slow for each step).
+        self.modules = not isinstance(self.forward, FastForward)
+
+    @contextlib.contextmanager
+    def computing(self, device: torch.device, tokens: int) -> Iterator[None]:
+        """`generate.computing` for `tokens` tokens, the model in eval mode on the module path."""
+        with computing(device, self.params * tokens), (_eval(self.model) if self.modules else contextlib.nullcontext()):
+            yield
 
 
 class _eval:
@@ -216,6 +261,17 @@ class _eval:
             self.model.train(True)
 
 
-def _work(model: Any, tokens: int) -> int:
-    """Multiply-adds of `tokens` tokens through the model (what `computing` sizes threads by)."""
-    return sum(p.numel() for p in model.parameters()) * tokens
+def _similar_lengths(entries: list[_Request]) -> list[list[_Request]]:
+    """Prompts in groups that prefill together: shortest first, a group closed before padding
+    would make it more than twice its real tokens."""
+    groups: list[list[_Request]] = []
+    group: list[_Request] = []
+    real = 0
+    for entry in sorted(entries, key=lambda e: len(e.prompt)):
+        length = len(entry.prompt)
+        if group and (len(group) + 1) * length > 2 * (real + length):
+            groups.append(group)
+            group, real = [], 0
+        group.append(entry)
+        real += length
+    return groups + [group] if group else groups
