@@ -254,10 +254,23 @@ class Scheduler:
                     self.slots.cancel(slot)
                 ticket.deliver(exc)
             return
+        # One wake-up of each event loop per step, however many requests it serves.
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Ticket, Delta]]] = {}
         for slot, delta in deltas:
             ticket = self._running.get(slot)
             if ticket is None:
                 continue
             if delta.finish_reason is not None:
                 del self._running[slot]
-            ticket.deliver(delta)
+            by_loop.setdefault(ticket.loop, []).append((ticket, delta))
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, items)
+            except RuntimeError:  # the event loop is closed: nobody is waiting any more
+                for ticket, _ in items:
+                    self._cancel(ticket)
+
+
+def _put_all(items: list[tuple[_Ticket, Any]]) -> None:
+    for ticket, item in items:
+        ticket.queue.put_nowait(item)
