@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import threading
 
 import pytest
 
@@ -82,13 +83,19 @@ def test_32_concurrent_clients_each_get_the_reply_generate_gives_alone(tiny_back
     assert (scheduler.active, scheduler.waiting, scheduler.cancelled_slots) == (0, 0, 0)
 
 
-def test_a_client_that_disconnects_frees_its_slot_for_the_next(tiny_backend):
+@pytest.fixture(scope="module")
+def long_backend():
+    """The tiny model with a long context: greedy from "hi" writes thousands of tokens without
+    an end of text, so a long request is still running while the test acts."""
     import rung
+
+    return rung.backend("torch", model="test", tokenizer=rung.tokenizer("byte"), device="cpu",
+                        architecture={"init_std": 0.3, "max_seq_len": 4096})
+
+
+def test_a_client_that_disconnects_frees_its_slot_for_the_next(long_backend):
     from rung_serve.app import create_app
 
-    # a long context: greedy from "hi" writes thousands of tokens without an end of text
-    long_backend = rung.backend("torch", model="test", tokenizer=rung.tokenizer("byte"), device="cpu",
-                                architecture={"init_std": 0.3, "max_seq_len": 4096})
     app = create_app({NAME: long_backend}, limits=Limits(max_slots=1))
     scheduler = app.state.served[NAME].scheduler
     with ServerThread(app) as served:
@@ -106,3 +113,41 @@ def test_a_client_that_disconnects_frees_its_slot_for_the_next(tiny_backend):
         assert following.choices[0].text == long_backend.generate(completion_request(
             {"prompt": "next", "max_tokens": 12, "temperature": 0})).text
         assert (scheduler.active, scheduler.waiting) == (0, 0)
+
+
+def test_the_scheduler_frees_cancelled_requests_and_ends_its_idle_thread(long_backend):
+    from rung.records import GenerationRequest
+    from rung_serve.scheduling import Scheduler
+
+    scheduler = Scheduler(long_backend.decode_slots(2), NAME, idle_exit_s=0.05)
+    request = GenerationRequest(prompt="Scheduled", max_tokens=20, temperature=0)
+    endless = GenerationRequest(prompt="hi", max_tokens=3000, temperature=0)
+
+    async def until(predicate):
+        for _ in range(400):  # bounded polling
+            if predicate():
+                return
+            await asyncio.sleep(0.005)
+        raise AssertionError("never happened")
+
+    async def scenario():
+        stream = scheduler.stream(endless)
+        await stream.__anext__()
+        await stream.aclose()  # a stream closed early frees its slot
+        await until(lambda: scheduler.cancelled_slots == 1 and scheduler.active == 0)
+        waiting = asyncio.create_task(scheduler.generate(endless))
+        await until(lambda: scheduler.active == 1)
+        waiting.cancel()  # so does a generate cancelled (a time limit, a dropped request)
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        return await asyncio.gather(*(scheduler.generate(request) for _ in range(3)))  # 3 requests, 2 slots
+
+    first = asyncio.run(scenario())
+    assert first == [long_backend.generate(request)] * 3
+    assert scheduler.cancelled_slots == 2 and scheduler.peak_active == 2
+    for _ in range(400):  # bounded polling: the idle worker ends
+        if scheduler._thread is None:
+            break
+        threading.Event().wait(0.01)
+    assert scheduler._thread is None
+    assert asyncio.run(scheduler.generate(request)) == first[0]  # a new worker starts for the next request

@@ -33,6 +33,7 @@ from rung.records import Completion, Delta, GenerationRequest, Usage
 log = logging.getLogger("rung.serve")
 
 DEFAULT_SLOTS = 32
+IDLE_EXIT_S = 60.0  # a worker with nothing to do for this long ends (an app dropped leaves no thread behind)
 
 
 class _Model:
@@ -86,8 +87,8 @@ class _Ticket:
 class Scheduler:
     """Continuous batching of one backend's `DecodeSlots` on a worker thread of its own."""
 
-    def __init__(self, slots: Any, name: str) -> None:
-        self.slots, self.name = slots, name
+    def __init__(self, slots: Any, name: str, idle_exit_s: float = IDLE_EXIT_S) -> None:
+        self.slots, self.name, self.idle_exit_s = slots, name, idle_exit_s
         self._wake = threading.Condition()
         self._waiting: deque[_Ticket] = deque()  # not yet admitted, in arrival order
         self._cancelled: list[_Ticket] = []
@@ -152,12 +153,14 @@ class Scheduler:
                 self._cancel(ticket)
 
     def close(self) -> None:
-        """Stop the worker once the running requests are done (tests; the thread is a daemon)."""
+        """Stop the worker once the running requests are done (the thread is a daemon, and
+        ends by itself when idle)."""
         with self._wake:
             self._closed = True
+            thread = self._thread
             self._wake.notify()
-        if self._thread is not None:
-            self._thread.join()
+        if thread is not None:
+            thread.join()
 
     def _submit(self, request: GenerationRequest, streaming: bool) -> _Ticket:
         ticket = _Ticket(request, streaming, asyncio.get_running_loop())
@@ -181,13 +184,13 @@ class Scheduler:
     def _work(self) -> None:
         while True:
             with self._wake:
-                while not (self._waiting or self._cancelled or self._running):
-                    if self._closed:
+                while not self._has_work():
+                    if self._closed or (not self._wake.wait(self.idle_exit_s) and not self._has_work()):
+                        self._thread = None  # idle (or closed): the next request starts a new one
                         return
-                    self._wake.wait()
                 cancelled, self._cancelled = self._cancelled, []
                 arriving = []
-                free = self.slots.free + sum(1 for t in cancelled if t.slot in self._running)
+                free = self.slots.free + sum(1 for t in cancelled if self._running.get(t.slot) is t)
                 while self._waiting and (free > 0 or not self.slots.accepts(self._waiting[0].request)):
                     ticket = self._waiting.popleft()
                     if ticket.cancelled:
@@ -200,6 +203,9 @@ class Scheduler:
                 self._admit(ticket)
             if self._running:
                 self._step()
+
+    def _has_work(self) -> bool:
+        return bool(self._waiting or self._cancelled or self._running)
 
     def _free(self, ticket: _Ticket) -> None:
         slot = ticket.slot
