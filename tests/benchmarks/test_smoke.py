@@ -20,10 +20,13 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 # The line each benchmark prints its ratio on (re.M: ^ and $ are line ends).
 RATIO_LINES = {
     "api_overhead": r"^openai request latency .* \d+\.\d{3}x$",
+    "dpo_vs_trl": r"^rung-torch/trl: steps/s \d+\.\d\dx \(goal >= 1\.5x\)",
+    "grpo_vs_trl": r"^rung-torch/trl: steps/s \d+\.\d\dx \(goal >= 2x\)",
     "hf_generate": r"^ratio rung / direct\s+: \d+\.\d{3}x median",
     "jax_train": r"^jax / torch, each at its default precision \(auto\): \d+\.\d\dx",
     "lora_train": r"^ratio rung/plain: \d+\.\d\dx",
     "prepare_stdlib": r"^full\s.*\s\d+\.\d\d$",  # the last column: wall time / the encode baseline's
+    "serve_vs_transformers": r"^1 client: rung serve / rung generate, p50 latency: \d+\.\d\dx",
     "startup": r"^rung --help\s*: wall .*\(wall \d+\.\d\dx the 0\.2 s goal",
     "torch_decode": r"^ratio rung / transformers: \d+\.\d\dx wall clock",
     "torch_train": r"^  engine / plain\s+\d+\.\d\dx wall median",

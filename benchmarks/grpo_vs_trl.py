@@ -1,0 +1,247 @@
+"""GRPO training speed: rung's `grpo` trainer against TRL's `GRPOTrainer`, same model, prompts and sizes.
+
+Both train one model folder (rung's Llama-style preset saved in the transformers format, the
+byte tokenizer) on the same arithmetic prompts (`rung_rlhf.synthetic`, rendered with the plain
+template: TRL gets the rendered text, so both sample after the same prompt ids), with the same
+G completions per prompt, completion length, prompts per step, temperature 1 (no top-k/top-p),
+reward (`rung_rlhf.rewards.NumericMatch`, the `numeric_match` reward rung runs, called by TRL
+through a wrapper), beta 0 (no reference model), one optimizer step per sampled batch, token
+normalisation (TRL's default "dapo"), a constant learning rate, gradient clipping and fp32.
+Both stop a completion at the eos id; a fresh model seldom samples it, so nearly every
+completion runs its full length (the tokens generated per step are printed). TRL generates
+with transformers' `generate`; rung-torch samples with rung's own model and decoder, rung-hf
+the transformers model (the very module TRL trains) through rung's `sample_tokens`.
+
+Each phase runs in its own process, so its peak memory is its own; phases alternate for
+--rounds rounds and the ratios are medians of per-round pairs (a shared machine's load
+changes between rounds).
+
+    .venv/bin/python benchmarks/grpo_vs_trl.py              # ~6 minutes on a 2-core CPU
+    .venv/bin/python benchmarks/grpo_vs_trl.py --preset small --prompts-per-step 8 --device cuda
+
+Every phase runs with --threads CPU threads (default 1: on a machine shared with other work,
+OpenMP threads beyond the free cores wait for each other many times over; give the cores
+the run owns). Prints optimizer steps/s (timed between step ends after --warmup steps; a
+step is sampling B x G completions, rewarding them and one update; also per second of the
+process's CPU time, which other work on the machine hardly moves), whole-call seconds,
+peak memory (the process's max resident set; CUDA: max allocated), tokens generated per
+step, and the ratios rung/TRL (goal: steps/s >= 2x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from dpo_vs_trl import peak_mb, steps_per_s
+from smoke import parse_args
+
+SMOKE = {"preset": "test", "steps": 3, "warmup": 1, "prompts_per_step": 2, "generations": 2,
+         "completion_length": 4, "rounds": 1, "prompts": 16}
+LEARNING_RATE = 1e-5
+
+
+def write_prompts(folder: Path, count: int) -> None:
+    """prompts.jsonl for rung ({"prompt", "reference"}) and trl_prompts.jsonl: the same
+    prompts rendered with the plain template, as the text TRL tokenizes."""
+    import rung
+    from rung.records import Message
+    from rung_lora.templates import make_renderer
+    from rung_rlhf.synthetic import write
+
+    paths = write(folder, train=count, eval=1, seed=0)
+    render = make_renderer("plain", rung.tokenizer("byte"))
+    with (folder / "trl_prompts.jsonl").open("w", encoding="utf-8") as out:
+        for line in paths["prompts"].read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            text = render([Message("user", record["prompt"])], add_generation_prompt=True)
+            out.write(json.dumps({"prompt": text, "reference": record["reference"]}) + "\n")
+
+
+def write_model(folder: Path, preset: str, context: int) -> Path:
+    """rung's preset with fresh weights and a context of `context`, saved as a transformers
+    Llama folder with the byte tokenizer (rung's rows hold a prompt and all G completions)."""
+    import rung
+
+    target = folder / "model"
+    tokenizer = rung.tokenizer("byte")
+    backend = rung.backend("torch", model=preset, device="cpu", precision="fp32", tokenizer=tokenizer,
+                           architecture={"max_seq_len": context})
+    backend.save(target)
+    tokenizer.save(target)
+    return target
+
+
+def longest_prompt(folder: Path) -> int:
+    """The longest rendered prompt in tokens (the byte tokenizer: one a byte)."""
+    lines = (folder / "trl_prompts.jsonl").read_text(encoding="utf-8").splitlines()
+    return max(len(json.loads(line)["prompt"].encode("utf-8")) for line in lines)
+
+
+def phase_rung(args, folder: Path, out: Path, backend: str) -> dict:
+    import rung
+    from rung.hookspecs import hookimpl
+    from rung.plugins import get_plugins
+
+    ends: list[float] = []
+    cpu_ends: list[float] = []
+
+    class StepClock:
+        @hookimpl
+        def rung_on_step(self, run, step, metrics):
+            if "loss" in metrics:
+                ends.append(time.perf_counter())
+                cpu_ends.append(time.process_time())
+
+    get_plugins().manager.register(StepClock(), name="step-clock")
+    group, length = args.generations, args.completion_length
+    prompt = longest_prompt(folder)  # rows as short as rung's fixed shapes allow: the longest prompt and G answers
+    config = {
+        "output_dir": str(out), "seed": 0,
+        "backend": {"name": backend, "model": str(folder / "model"), "device": args.device, "precision": "fp32"},
+        "data": {"name": "prompts_jsonl", "path": str(folder / "prompts.jsonl")},
+        "trainer": {"name": "grpo", "steps": args.steps, "batch_size": args.prompts_per_step,
+                    "num_generations": group, "max_completion_length": length, "temperature": 1.0,
+                    "rewards": [{"name": "numeric_match"}], "beta": 0.0, "num_iterations": 1,
+                    "learning_rate": LEARNING_RATE, "min_lr_ratio": 1.0, "warmup_steps": 0, "weight_decay": 0.0,
+                    "grad_clip": 1.0,
+                    "log_every": 1, "eval_size": 0, "eval_on_start": False, "resume": "never",
+                    "chat_template": "plain", "max_prompt_length": prompt, "max_length": prompt + group * length,
+                    "shuffle": False},
+    }
+    if backend == "torch":
+        config["tokenizer"] = {"name": "byte"}
+    started = time.perf_counter()
+    rung.run(config)
+    total = time.perf_counter() - started
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    lengths = [r["completion_length"] for r in rows if "completion_length" in r]
+    completions = args.prompts_per_step * group
+    return {"steps_per_s": steps_per_s(ends, args.warmup), "steps_per_cpu_s": steps_per_s(cpu_ends, args.warmup),
+            "total_s": total, "peak_mb": peak_mb(args.device),
+            "tokens_per_step": statistics.mean(lengths) * completions if lengths else float("nan")}
+
+
+def phase_trl(args, folder: Path, out: Path) -> dict:
+    import torch
+    from datasets import load_dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from rung_rlhf.rewards import NumericMatch
+
+    ends: list[float] = []
+    cpu_ends: list[float] = []
+    generated: list[int] = []
+    numeric_match = NumericMatch()
+
+    def numeric_match_reward(prompts, completions, completion_ids, reference, **_):
+        generated.append(sum(len(ids) for ids in completion_ids))
+        return [numeric_match(c, r) for c, r in zip(completions, reference)]
+
+    class StepClock(TrainerCallback):
+        def on_step_end(self, *a, **k):
+            ends.append(time.perf_counter())
+            cpu_ends.append(time.process_time())
+
+    torch.manual_seed(0)
+    started = time.perf_counter()  # as rung.run's: model, data and trainer set up, then trained
+    policy = AutoModelForCausalLM.from_pretrained(str(folder / "model"), dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder / "model"))
+    dataset = load_dataset("json", data_files=str(folder / "trl_prompts.jsonl"), split="train")
+    completions = args.prompts_per_step * args.generations
+    config = GRPOConfig(output_dir=str(out), max_steps=args.steps, per_device_train_batch_size=completions,
+                        num_generations=args.generations, max_completion_length=args.completion_length,
+                        temperature=1.0, top_k=0, top_p=1.0, beta=0.0, num_iterations=1, loss_type="dapo",
+                        scale_rewards="group", learning_rate=LEARNING_RATE, lr_scheduler_type="constant",
+                        warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, logging_steps=10**6,
+                        save_strategy="no", report_to="none", use_cpu=args.device == "cpu", bf16=False,
+                        dataloader_num_workers=0, disable_tqdm=True, seed=0, shuffle_dataset=False)
+    trainer = GRPOTrainer(model=policy, reward_funcs=[numeric_match_reward], args=config, train_dataset=dataset,
+                          processing_class=tokenizer, callbacks=[StepClock()])
+    trainer.train()
+    total = time.perf_counter() - started
+    return {"steps_per_s": steps_per_s(ends, args.warmup), "steps_per_cpu_s": steps_per_s(cpu_ends, args.warmup),
+            "total_s": total, "peak_mb": peak_mb(args.device),
+            "tokens_per_step": statistics.mean(generated) if generated else float("nan")}
+
+
+PHASES = ("trl", "rung-torch", "rung-hf")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2, help="steps left out of the timing")
+    parser.add_argument("--prompts-per-step", type=int, default=4, help="B: prompts sampled per optimizer step")
+    parser.add_argument("--generations", type=int, default=8, help="G: completions per prompt")
+    parser.add_argument("--completion-length", type=int, default=32, help="new tokens per completion (at most)")
+    parser.add_argument("--prompts", type=int, default=256)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads of every phase (OMP_NUM_THREADS); more than the cores this run owns "
+                        "slows a busy machine's OpenMP many times over")
+    parser.add_argument("--phases", default=",".join(PHASES), help="which phases to run (comma-separated)")
+    parser.add_argument("--phase", choices=PHASES, help=argparse.SUPPRESS)
+    parser.add_argument("--dir", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parse_args(parser, SMOKE)
+    if args.phase:
+        folder = Path(args.dir)
+        if args.phase == "trl":
+            result = phase_trl(args, folder, Path(args.out))
+        else:
+            result = phase_rung(args, folder, Path(args.out), args.phase[5:])
+        print("RESULT " + json.dumps(result), flush=True)
+        return
+    phases = [p for p in args.phases.split(",") if p]
+    if "trl" not in phases or set(phases) - set(PHASES):
+        sys.exit(f"--phases: 'trl' and any of {', '.join(PHASES[1:])}")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        write_prompts(folder, args.prompts)
+        write_model(folder, args.preset, max(512, longest_prompt(folder) + args.generations * args.completion_length))
+        results: dict[str, list[dict]] = {phase: [] for phase in phases}
+        for round_ in range(args.rounds):
+            for phase in phases:
+                cmd = [sys.executable, __file__, "--phase", phase, "--dir", tmp, "--out", f"{tmp}/{phase}{round_}",
+                       "--preset", args.preset, "--steps", str(args.steps), "--warmup", str(args.warmup),
+                       "--prompts-per-step", str(args.prompts_per_step), "--generations", str(args.generations),
+                       "--completion-length", str(args.completion_length), "--prompts", str(args.prompts),
+                       "--device", args.device]
+                env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+                done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                line = next((out for out in done.stdout.splitlines() if out.startswith("RESULT ")), None)
+                if line is None:
+                    sys.exit(f"{phase} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+                results[phase].append(json.loads(line[7:]))
+                r = results[phase][-1]
+                print(f"round {round_ + 1} {phase:10s}: {r['steps_per_s']:.3f} steps/s "
+                      f"({r['steps_per_cpu_s']:.3f} per CPU s), {r['total_s']:.1f} s in all, "
+                      f"peak {r['peak_mb']:,.0f} MB, {r['tokens_per_step']:,.0f} tokens generated/step", flush=True)
+    print(f"\nGRPO on preset '{args.preset}', {args.prompts_per_step} prompts x {args.generations} completions of "
+          f"up to {args.completion_length} tokens per step, {args.steps} steps, fp32, {args.device}"
+          + (f", {args.threads} CPU thread(s)" if args.device == "cpu" else ""))
+    trl = results["trl"]
+    for phase in phases[1:]:
+        ours = results[phase]
+        speed = [o["steps_per_s"] / t["steps_per_s"] for o, t in zip(ours, trl)]
+        cpu = [o["steps_per_cpu_s"] / t["steps_per_cpu_s"] for o, t in zip(ours, trl)]
+        total = [t["total_s"] / o["total_s"] for o, t in zip(ours, trl)]
+        memory = [o["peak_mb"] / t["peak_mb"] for o, t in zip(ours, trl)]
+        print(f"{phase:10s}/trl: steps/s {statistics.median(speed):.2f}x (goal >= 2x), per CPU second "
+              f"{statistics.median(cpu):.2f}x, whole call {statistics.median(total):.2f}x faster, "
+              f"peak memory {statistics.median(memory):.2f}x")
+
+
+if __name__ == "__main__":
+    main()
