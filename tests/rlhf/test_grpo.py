@@ -149,6 +149,25 @@ def test_masked_truncated_completion_leaves_the_denominator_too(models, normaliz
     assert weights.sum() == pytest.approx(1.0)
 
 
+def test_one_iteration_needs_no_old_logprobs(models):
+    """num_iterations 1: a batch without `old_logprobs` (the loss detaches its own) gives the
+    loss and the gradients of one whose old log-probs the same weights computed at sampling."""
+    _, old, _, _ = models
+    batch = build_batch(models)
+    without = {k: v for k, v in batch.items() if k != "old_logprobs"}
+    results = []
+    for given in (batch, without):
+        old.zero_grad()
+        value, _ = GRPOLoss(token_logprobs, 0.2, None, 0.04)(old, given)
+        value.backward()
+        results.append((float(value.detach()), [p.grad.clone() for p in old.parameters()]))
+    old.zero_grad()
+    (value_with, grads_with), (value_without, grads_without) = results
+    assert abs(value_with - value_without) < 1e-6
+    assert any(float(g.abs().sum()) > 0 for g in grads_without)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads_with, grads_without))
+
+
 def test_group_advantages_and_zero_variance_group():
     adv = group_advantages(np.array([1.0, 0.0, 1.0, 0.5, 0.5, 0.5]), 3)
     assert np.allclose(adv[3:], 0.0)
@@ -212,8 +231,9 @@ def grpo_run(out, model_dir, prompts, stop_at=None, backend=None, **trainer):
 def test_grpo_raises_mean_reward_on_a_verifiable_task(tmp_path, tiny_model_dir, prompt_files):
     """Reward 1 when the completion starts with a digit: the mean reward of the sampled
     completions climbs over a few dozen steps on the tiny model."""
-    _, result, metrics = grpo_run(tmp_path, tiny_model_dir, prompt_files, steps=20, num_generations=8,
-                                  learning_rate=2e-2, eval_every=20, eval_on_start=True)
+    trainer, result, metrics = grpo_run(tmp_path, tiny_model_dir, prompt_files, steps=20, num_generations=8,
+                                        learning_rate=2e-2, eval_every=20, eval_on_start=True)
+    assert "old_logprobs" not in trainer.stream.cache[0]  # one iteration: no sampling-time forward pass
     rewards = [m["reward_mean"] for m in metrics if "reward_mean" in m]
     assert len(rewards) == 20
     first, last = np.mean(rewards[:5]), np.mean(rewards[-5:])

@@ -7,9 +7,15 @@ torch.std) with `scale_rewards`. The loss of a completion token t is
     -min(r_t A, clip(r_t, 1 - epsilon, 1 + epsilon_high) A) + beta * KL_t,
     r_t = exp(logp_t - old_t),  KL_t = exp(ref_t - logp_t) - (ref_t - logp_t) - 1  (k3, as TRL)
 
-with `old_t` the policy's log-prob when the batch was sampled (the ratio is 1 on its first
-update) and `ref_t` the reference's. Normalisation counts real completion tokens only, so
-padding, short completions and masked ones never shrink the loss:
+with `old_t` the policy's log-prob when the batch was sampled and `ref_t` the reference's.
+With `num_iterations` 1 every batch is trained by the very weights that sampled it (the
+micro-batches of one step are all sampled before its update), so `old_t` is the current
+log-prob itself, detached: the ratio is exactly 1 and its gradient that of `logp_t`. Then no
+sampling-time forward pass is run at all (as TRL skips its old log-probs in that case); with
+more iterations the stream computes `old_logprobs` once per sampled batch.
+
+Normalisation counts real completion tokens only, so padding, short completions and masked
+ones never shrink the loss:
 
 - token:    sum over the batch's completion tokens / their count (TRL's "bnpo"/"dapo" per micro-batch);
 - sequence: each completion's token mean, then the mean over completions (TRL's "grpo"), where a
@@ -57,6 +63,20 @@ def loss_weights(token_completion: np.ndarray, keep: np.ndarray, normalize: str)
     return (per_token / max(kept, 1)).astype(np.float32)
 
 
+def without_gradient(x: Any) -> Any:
+    """`x`'s value as a constant of the autodiff graph (torch's detach, jax's stop_gradient)."""
+    if callable(getattr(x, "detach", None)):
+        return x.detach()
+    import jax  # only reached with a jax array in hand: jax is loaded already, no new dependency
+
+    return jax.lax.stop_gradient(x)
+
+
+def no_old_arrays(policy: Any, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The sampling-time arrays of a batch trained once: none (the loss detaches its own log-probs)."""
+    return {}
+
+
 class GRPOLoss:
     """`loss(model, batch) -> (value, metrics)` over the framework's `token_logprobs`."""
 
@@ -67,7 +87,10 @@ class GRPOLoss:
     def __call__(self, model: Any, batch: Any) -> tuple[Any, dict[str, Any]]:
         logp, _ = self.token_logprobs(model, batch)
         xp = namespace(logp)
-        old = like(batch["old_logprobs"], logp, dtype=logp.dtype)
+        if "old_logprobs" in batch:
+            old = like(batch["old_logprobs"], logp, dtype=logp.dtype)
+        else:  # sampled by these weights (num_iterations 1): the ratio is exactly 1
+            old = without_gradient(logp)
         advantages = like(batch["advantages"], logp, dtype=logp.dtype)
         weights = like(batch["loss_weights"], logp, dtype=logp.dtype)
         ratio = xp.exp(logp - old)
@@ -98,6 +121,11 @@ class GRPOTrainer(OnlineTrainer):
     def loss(self, run: RunContext) -> GRPOLoss:
         o = self.options
         return GRPOLoss(run.objective("token_logprobs"), o.epsilon, o.epsilon_high, o.beta)
+
+    def old_arrays(self, run: RunContext) -> Any:
+        # One update per sample: the weights that sampled a batch train it, so the old log-probs
+        # are the current ones (see the module docstring) and need no forward pass of their own.
+        return no_old_arrays if self.options.num_iterations == 1 else None
 
     def finish(self, rollout: Rollout) -> dict[str, np.ndarray]:
         o = self.options

@@ -8,11 +8,12 @@ framework's `sample_tokens` (batched KV-cache sampling), decodes them (a complet
 stop id or at the chat template's end-of-turn text), scores them (`Rewarder`: registered reward
 functions and/or a reward model's score head at the last token), packs them
 (`rung_rlhf.packing`: a prompt and its completions in one row, or a row each), and computes
-what the loss needs from the sampling-time policy once: `old_logprobs` (and the reference's
-`ref_logprobs` with a KL term). The trainer's `finish` adds its advantages. One sampled batch
-serves `num_iterations` optimizer steps (PPO epochs, GRPO's mu): with gradient accumulation
-the stream samples the A micro-batches of one step, then hands the same A again for each
-further iteration.
+what the loss needs from the sampling-time policy once: `old_logprobs`, or what the trainer's
+`old_arrays` gives instead (PPO's values too; nothing for grpo with one iteration, whose loss
+detaches its own log-probs), and the reference's `ref_logprobs` with a KL term. The
+trainer's `finish` adds its advantages. One sampled batch serves `num_iterations` optimizer
+steps (PPO epochs, GRPO's mu): with gradient accumulation the stream samples the A
+micro-batches of one step, then hands the same A again for each further iteration.
 
 Every array has a fixed shape per run (rows x `max_length`; per-completion arrays [N]), as the
 jax engine compiles its step once. Per-token arrays are aligned with a `labels`-convention
