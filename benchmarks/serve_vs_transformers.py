@@ -10,9 +10,9 @@ request runs to max_tokens; the table counts the tokens the servers report).
 
 Load: `--clients` concurrent clients (asyncio, a plain HTTP/1.1 client of a few lines: the
 client costs the same whichever server answers), each sending `--requests` requests one
-after another. Then 1 client sending `--requests` requests, and the same requests through
-rung's own `backend.stream` in this process (the floor rung serve's latency is measured
-against). After one warm-up request per server.
+after another. Then 1 client sending `--requests` requests; for rung serve these alternate
+with the same requests through rung's own `backend.stream` in this process (the floor rung
+serve's latency is measured against). After one warm-up request per server.
 
 Prints, per server and load: requests/s and output tokens/s (over the whole run), p50 and p99
 latency (request sent to last event), p50 and p99 time to first token; and the ratios (goal:
@@ -146,8 +146,9 @@ class Figures:
 
     @classmethod
     def of(cls, label: str, clients: int, replies: list[Reply]) -> "Figures":
-        wall = max(r.ended for r in replies) - min(r.started for r in replies)
         latency = [r.ended - r.started for r in replies]
+        # 1 client: the requests' own time (its requests alternate with others' in `measure`)
+        wall = sum(latency) if clients == 1 else max(r.ended for r in replies) - min(r.started for r in replies)
         ttft = [(r.first_token or r.ended) - r.started for r in replies]
         return cls(label, clients, len(replies) / wall, sum(r.tokens for r in replies) / wall,
                    percentile(latency, 0.5), percentile(latency, 0.99), percentile(ttft, 0.5), percentile(ttft, 0.99))
@@ -205,33 +206,44 @@ class Server:
             self.proc.wait()
 
 
-def rung_generate(folder: Path, args) -> Figures:
-    """1 client through rung's own backend.stream in this process: the same requests, threads."""
-    import torch
+class InProcess:
+    """rung's own backend.stream in this process, on the model folder, with the servers' threads."""
 
-    import rung
-    from rung_serve.openai_format import completion_request
+    def __init__(self, folder: Path, args) -> None:
+        import torch
 
-    torch.set_num_threads(args.threads)
-    backend = rung.backend("torch", model=str(folder), device="cpu")
-    list(backend.stream(completion_request(body_of("model", 0, 0, args.new))))  # warm-up
-    replies = []
-    for i in range(args.requests):
+        import rung
+
+        torch.set_num_threads(args.threads)
+        self.backend, self.new = rung.backend("torch", model=str(folder), device="cpu"), args.new
+        self.reply(0)  # warm-up
+
+    def reply(self, index: int) -> Reply:
+        from rung_serve.openai_format import completion_request
+
         started, first, tokens = time.perf_counter(), None, 0
-        for delta in backend.stream(completion_request(body_of("model", 0, i, args.new))):
+        for delta in self.backend.stream(completion_request(body_of("model", 0, index, self.new))):
             if delta.text and first is None:
                 first = time.perf_counter()
             if delta.usage is not None:
                 tokens = delta.usage.completion_tokens
-        replies.append(Reply(started, first, time.perf_counter(), tokens))
-    return Figures.of("rung generate (in process)", 1, replies)
+        return Reply(started, first, time.perf_counter(), tokens)
 
 
-def measure(server: Server, args) -> list[Figures]:
+def measure(server: Server, args, alongside: InProcess | None = None) -> list[Figures]:
+    """The server under `args.clients` clients, then 1; with `alongside`, the 1-client requests
+    alternate with the same requests in process (a shared machine's load changes over a run)."""
     asyncio.run(stream_completion(server.port, body_of(server.model, 0, 0, args.new)))  # warm-up
     out = [Figures.of(server.label, args.clients, asyncio.run(load(server.port, server.model, args.clients,
                                                                     args.requests, args.new)))]
-    out.append(Figures.of(server.label, 1, asyncio.run(load(server.port, server.model, 1, args.requests, args.new))))
+    served, alone = [], []
+    for i in range(args.requests):
+        served.append(asyncio.run(stream_completion(server.port, body_of(server.model, 0, i, args.new))))
+        if alongside is not None:
+            alone.append(alongside.reply(i))
+    out.append(Figures.of(server.label, 1, served))
+    if alongside is not None:
+        out.append(Figures.of("rung generate (in process)", 1, alone))
     for figures in out:
         print(figures.row(), flush=True)
     return out
@@ -282,10 +294,8 @@ def main() -> None:
             command = command + ["--port", str(port)]
             with Server(label, command, port, model, env, work / f"{label.replace(' ', '_')}.log") as server:
                 print(f"{label}: up in {server.startup_s:.1f} s", flush=True)
-                for f in measure(server, args):
-                    figures[(label, f.clients)] = f
-        alone = rung_generate(folder, args)
-        print(alone.row(), flush=True)
+                for f in measure(server, args, InProcess(folder, args) if label == "rung serve" else None):
+                    figures[(f.label, f.clients)] = f
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -299,7 +309,7 @@ def main() -> None:
         print(f"ratio rung serve / {other}, {args.clients} clients: requests/s "
               f"{ours.requests_per_s / theirs.requests_per_s:.2f}x (goal >= 2x vs --cb), p99 latency "
               f"{ours.p99 / theirs.p99:.2f}x (goal < 1x), ttft p50 {ours.ttft_p50 / theirs.ttft_p50:.2f}x")
-    one = figures[("rung serve", 1)]
+    one, alone = figures[("rung serve", 1)], figures[("rung generate (in process)", 1)]
     print(f"1 client: rung serve / rung generate, p50 latency: {one.p50 / alone.p50:.2f}x (goal <= 1x plus HTTP)")
 
 
