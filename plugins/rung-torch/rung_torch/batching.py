@@ -1,8 +1,10 @@
 """Continuous batching for rung's Transformer: `TorchDecodeSlots` (`rung.interfaces.DecodeSlots`).
 
-One static KV cache of `max_slots` rows by the model's context. A new request is prefilled
-alone into a free row (the same forward pass, on the same cache columns, as `generate`
-alone); then every step decodes all active rows at once, each at its own length.
+One static KV cache of `max_slots` rows by the model's context. `add` takes a free row; the
+next `step` prefills the requests that joined since the last one (alone, straight into the
+row, as `generate` does; several of similar lengths left-padded into one forward pass, as
+`generate_batch` does, then moved to columns 0..length-1 of their rows), then decodes every
+active row at once, each at its own length.
 
 The batch is kept compact: active requests hold rows 0..n-1, so a step reads `cache[:n]` as a
 view (no gather); when a request leaves, the last row's cache moves into its place. A slot id
