@@ -93,6 +93,58 @@ def _paths(spec: str | list[str]) -> list[Path]:
     return found
 
 
+def jsonl_records(spec: str | list[str], limit: int | None = None) -> Iterator[tuple[Any, str]]:
+    """Each record of the JSONL files `spec` names (a path, a glob, or a list of them) with
+    where it is (`file:line`), at most `limit`; blank lines are skipped, a line that is not
+    JSON is a ConfigError naming its file and line. Every JSONL data source reads this way."""
+    count = 0
+    try:
+        paths = _paths(spec)
+    except RungError as exc:
+        raise ConfigError(str(exc)) from None
+    for path in paths:
+        with path.open("r", encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ConfigError(f"{path}:{number}: not valid JSON ({exc.msg}, column {exc.colno})") from None
+                yield record, f"{path}:{number}"
+                count += 1
+                if limit and count >= limit:
+                    return
+
+
+def dataset_records(opts: Any, source: str, extra: str) -> Iterator[tuple[Any, str]]:
+    """Each record of the `datasets` dataset `opts` names (`dataset`, `split`, `subset`,
+    `data_files`, `limit`): a dataset directory (save_to_disk) or a builder / hub id, with
+    where it is (`dataset[split][index]`). `source` and `extra` name the data source and the
+    pip extra that installs `datasets`, for the error when it is missing."""
+    try:
+        import datasets
+    except ImportError:
+        raise ConfigError(f"data source {source} needs `datasets`: pip install '{extra}'") from None
+    path = Path(opts.dataset)
+    try:
+        if path.is_dir() and any((path / f).exists() for f in ("state.json", "dataset_dict.json")):
+            loaded = datasets.load_from_disk(str(path))
+            if isinstance(loaded, datasets.DatasetDict):
+                if opts.split not in loaded:
+                    raise ConfigError(f"data.split '{opts.split}': the dataset at {path} has splits "
+                                      f"{', '.join(loaded)}")
+                loaded = loaded[opts.split]
+        else:
+            loaded = datasets.load_dataset(opts.dataset, opts.subset, data_files=opts.data_files, split=opts.split)
+    except (FileNotFoundError, ValueError, OSError, KeyError) as exc:
+        raise ConfigError(f"data.dataset '{opts.dataset}': cannot load it ({str(exc).splitlines()[0]})") from None
+    for index, record in enumerate(loaded):
+        if opts.limit and index >= opts.limit:
+            return
+        yield record, f"{opts.dataset}[{opts.split}][{index}]"
+
+
 class ChatJsonl:
     """Chat examples or prompt/completion pairs from JSONL files."""
 
@@ -100,20 +152,8 @@ class ChatJsonl:
         self.options = options
 
     def read(self) -> Iterator[ChatExample]:
-        count = 0
-        for path in _paths(self.options.path):
-            with path.open("r", encoding="utf-8") as handle:
-                for number, line in enumerate(handle, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise RungError(f"{path}:{number}: not valid JSON ({exc.msg}, column {exc.colno})") from None
-                    yield record_to_example(record, self.options, f"{path}:{number}")
-                    count += 1
-                    if self.options.limit and count >= self.options.limit:
-                        return
+        for record, where in jsonl_records(self.options.path, self.options.limit):
+            yield record_to_example(record, self.options, where)
 
 
 class ChatHF:
@@ -122,27 +162,9 @@ class ChatHF:
     def __init__(self, options: ChatHFOptions) -> None:
         self.options = options
 
-    def _load(self) -> Any:
-        try:
-            import datasets
-        except ImportError:
-            raise RungError("data source chat_hf needs `datasets`: pip install 'rung-lora[datasets]'") from None
-        opts = self.options
-        path = Path(opts.dataset)
-        try:
-            if path.is_dir() and any((path / f).exists() for f in ("state.json", "dataset_dict.json")):
-                loaded = datasets.load_from_disk(str(path))
-                return loaded[opts.split] if isinstance(loaded, datasets.DatasetDict) else loaded
-            return datasets.load_dataset(opts.dataset, opts.subset, data_files=opts.data_files, split=opts.split)
-        except (FileNotFoundError, ValueError, OSError) as exc:
-            raise RungError(f"data.dataset '{opts.dataset}': cannot load it ({str(exc).splitlines()[0]})") from None
-
     def read(self) -> Iterator[ChatExample]:
-        dataset = self._load()
-        for index, record in enumerate(dataset):
-            if self.options.limit and index >= self.options.limit:
-                return
-            yield record_to_example(record, self.options, f"{self.options.dataset}[{self.options.split}][{index}]")
+        for record, where in dataset_records(self.options, "chat_hf", "rung-lora[datasets]"):
+            yield record_to_example(record, self.options, where)
 
 
 # ---------------------------------------------------------------- formatting and masks

@@ -14,16 +14,14 @@ what is wrong.
 
 from __future__ import annotations
 
-import json
 import numbers
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
-from rung.errors import ConfigError, RungError
+from rung.errors import ConfigError
 from rung.records import Message, PreferencePair
 
-from rung_lora.data import ROLE_ALIASES, ROLES, _paths
+from rung_lora.data import ROLE_ALIASES, ROLES, dataset_records, jsonl_records
 from rung_rlhf.preference_options import PreferenceFieldOptions, PreferenceHFOptions, PreferenceJsonlOptions
 
 
@@ -106,24 +104,8 @@ class PreferenceJsonl:
         self.options = options
 
     def read(self) -> Iterator[PreferencePair]:
-        count = 0
-        try:
-            paths = _paths(self.options.path)
-        except RungError as exc:
-            raise ConfigError(str(exc)) from None
-        for path in paths:
-            with path.open("r", encoding="utf-8") as handle:
-                for number, line in enumerate(handle, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise ConfigError(f"{path}:{number}: not valid JSON ({exc.msg}, column {exc.colno})") from None
-                    yield record_to_pair(record, self.options, f"{path}:{number}")
-                    count += 1
-                    if self.options.limit and count >= self.options.limit:
-                        return
+        for record, where in jsonl_records(self.options.path, self.options.limit):
+            yield record_to_pair(record, self.options, where)
 
 
 class PreferenceHF:
@@ -132,29 +114,6 @@ class PreferenceHF:
     def __init__(self, options: PreferenceHFOptions) -> None:
         self.options = options
 
-    def _load(self) -> Any:
-        try:
-            import datasets
-        except ImportError:
-            raise RungError("data source preference_hf needs `datasets`: pip install 'rung-rlhf[datasets]'") from None
-        opts = self.options
-        path = Path(opts.dataset)
-        try:
-            if path.is_dir() and any((path / f).exists() for f in ("state.json", "dataset_dict.json")):
-                loaded = datasets.load_from_disk(str(path))
-                if isinstance(loaded, datasets.DatasetDict):
-                    if opts.split not in loaded:
-                        raise ConfigError(f"data.split '{opts.split}': the dataset at {path} has splits "
-                                          f"{', '.join(loaded)}")
-                    return loaded[opts.split]
-                return loaded
-            return datasets.load_dataset(opts.dataset, opts.subset, data_files=opts.data_files, split=opts.split)
-        except (FileNotFoundError, ValueError, OSError) as exc:
-            raise ConfigError(f"data.dataset '{opts.dataset}': cannot load it ({str(exc).splitlines()[0]})") from None
-
     def read(self) -> Iterator[PreferencePair]:
-        opts = self.options
-        for index, record in enumerate(self._load()):
-            if opts.limit and index >= opts.limit:
-                return
-            yield record_to_pair(record, opts, f"{opts.dataset}[{opts.split}][{index}]")
+        for record, where in dataset_records(self.options, "preference_hf", "rung-rlhf[datasets]"):
+            yield record_to_pair(record, self.options, where)

@@ -9,15 +9,13 @@ line naming the file and line (or dataset row) and what is wrong.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
-from rung.errors import ConfigError, RungError
+from rung.errors import ConfigError
 from rung.records import Message, RewardedPrompt
 
-from rung_lora.data import ROLE_ALIASES, ROLES, _paths
+from rung_lora.data import ROLE_ALIASES, ROLES, dataset_records, jsonl_records
 from rung_rlhf.online_options import PromptFieldOptions, PromptsHFOptions, PromptsJsonlOptions
 
 
@@ -74,24 +72,8 @@ class PromptsJsonl:
         self.options = options
 
     def read(self) -> Iterator[RewardedPrompt]:
-        count = 0
-        try:
-            paths = _paths(self.options.path)
-        except RungError as exc:
-            raise ConfigError(str(exc)) from None
-        for path in paths:
-            with Path(path).open("r", encoding="utf-8") as handle:
-                for number, line in enumerate(handle, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise ConfigError(f"{path}:{number}: not valid JSON ({exc.msg}, column {exc.colno})") from None
-                    yield record_to_prompt(record, self.options, f"{path}:{number}")
-                    count += 1
-                    if self.options.limit and count >= self.options.limit:
-                        return
+        for record, where in jsonl_records(self.options.path, self.options.limit):
+            yield record_to_prompt(record, self.options, where)
 
 
 class PromptsHF:
@@ -100,24 +82,6 @@ class PromptsHF:
     def __init__(self, options: PromptsHFOptions) -> None:
         self.options = options
 
-    def _load(self) -> Any:
-        try:
-            import datasets
-        except ImportError:
-            raise ConfigError("data source prompts_hf needs `datasets`: pip install 'rung-rlhf[datasets]'") from None
-        opts = self.options
-        path = Path(opts.dataset)
-        try:
-            if path.is_dir() and any((path / f).exists() for f in ("state.json", "dataset_dict.json")):
-                loaded = datasets.load_from_disk(str(path))
-                return loaded[opts.split] if isinstance(loaded, datasets.DatasetDict) else loaded
-            return datasets.load_dataset(opts.dataset, opts.subset, data_files=opts.data_files, split=opts.split)
-        except (FileNotFoundError, ValueError, OSError, KeyError) as exc:
-            raise ConfigError(f"data.dataset '{opts.dataset}': cannot load it ({str(exc).splitlines()[0]})") from None
-
     def read(self) -> Iterator[RewardedPrompt]:
-        opts = self.options
-        for index, record in enumerate(self._load()):
-            if opts.limit and index >= opts.limit:
-                return
-            yield record_to_prompt(record, opts, f"{opts.dataset}[{opts.split}][{index}]")
+        for record, where in dataset_records(self.options, "prompts_hf", "rung-rlhf[datasets]"):
+            yield record_to_prompt(record, self.options, where)
