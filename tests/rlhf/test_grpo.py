@@ -128,12 +128,17 @@ def test_loss_equals_hand_computation(models, normalize):
 
 
 def test_real_tokens_normalise_padding_and_layout_do_not(models):
-    """Rows twice as long (more padding) and one row per completion give the same loss: the
-    denominator is the real completion tokens, never the padded length."""
-    base, _ = grpo_loss(models, build_batch(models, max_length=32))
-    padded, _ = grpo_loss(models, build_batch(models, max_length=64))
-    separate, _ = grpo_loss(models, build_batch(models, layout="separate", max_length=16))
-    assert abs(base - padded) < 1e-6 and abs(base - separate) < 1e-5, (base, padded, separate)
+    """A group in one row, spread over two rows (max_length too short for all three) and one
+    row per completion give the same loss: the denominator is the real completion tokens,
+    never the padded length. Rows are as long as the most they hold (longest prompt 6 tokens,
+    completions of up to 4), however long max_length is."""
+    shapes, losses = [], []
+    for layout, max_length in (("shared", 32), ("shared", 64), ("shared", 15), ("separate", 16)):
+        batch = build_batch(models, layout=layout, max_length=max_length)
+        shapes.append(batch["input_ids"].shape)
+        losses.append(grpo_loss(models, batch)[0])
+    assert shapes == [(2, 18), (2, 18), (4, 14), (6, 10)]
+    assert max(losses) - min(losses) < 1e-5, losses
 
 
 @pytest.mark.parametrize("normalize", ["token", "sequence"])

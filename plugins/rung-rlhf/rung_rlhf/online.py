@@ -194,10 +194,13 @@ class OnlineTrainer:
         engine = backend.engine()
         rank, world = int(getattr(engine, "rank", 0)), int(getattr(engine, "world_size", 1))
         pad_id = next((t for t in (tokenizer.pad_id, tokenizer.eos_id) if t is not None), 0)
+        # Packed rows no longer than the model's context (rung's model refuses longer inputs even
+        # where, as here, no position reaches it); a group too long for one row takes several.
+        row_limit = min(max_length, context) if context else max_length
         self.stream = stream = RolloutStream(
             train, train_ids, sample_tokens=sample_tokens, token_logprobs=token_logprobs, rewarder=rewarder,
             tokenizer=tokenizer, sampling=sampling, batch_size=opts.batch_size, group_size=self.group_size,
-            max_length=max_length, pad_id=pad_id, layout=self.layout, num_iterations=opts.num_iterations,
+            max_length=row_limit, pad_id=pad_id, layout=self.layout, num_iterations=opts.num_iterations,
             grad_accum_steps=opts.grad_accum_steps, seed=run.seed, shuffle=opts.shuffle, rank=rank,
             world_size=world, reference=reference, old_arrays=self.old_arrays(run), finish=self.finish)
         evaluate = None

@@ -15,10 +15,16 @@ trainer's `finish` adds its advantages. One sampled batch serves `num_iterations
 steps (PPO epochs, GRPO's mu): with gradient accumulation the stream samples the A
 micro-batches of one step, then hands the same A again for each further iteration.
 
-Every array has a fixed shape per run (rows x `max_length`; per-completion arrays [N]), as the
-jax engine compiles its step once. Per-token arrays are aligned with a `labels`-convention
-objective's output [R, T - 1]. Per-completion arrays (`rewards`, `reward/<name>`,
-`completion_length`, `finished`) let the loss report the batch's rewards as its metrics.
+Rows: layout `shared` puts a prompt and as many of its G completions as fit `max_length`
+after the longest prompt in one row (all G when they fit; else the fewest rows per prompt,
+the completions spread evenly over them), each completion seeing the prompt and itself;
+`separate` (and a shared row of one) is a prompt and one completion in plain causal rows.
+Every row is as long as the most it can hold (the longest prompt and its share of completions
+at `max_completion_length`; never longer than `max_length`), so every array has a fixed shape
+per run (per-completion arrays [N]), as the jax engine compiles its step once. Per-token
+arrays are aligned with a `labels`-convention objective's output [R, T - 1]. Per-completion
+arrays (`rewards`, `reward/<name>`, `completion_length`, `finished`) let the loss report the
+batch's rewards as its metrics.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from rung.decoding import Sampling
 from rung.errors import ConfigError, RungError
 from rung.records import Message, RewardedPrompt
 
-from rung_rlhf.packing import Packed, pack_separate, pack_shared
+from rung_rlhf.packing import Packed, pack_shared
 
 
 def to_numpy(value: Any) -> np.ndarray:
@@ -209,14 +215,18 @@ class RolloutStream:
         self.calls = 0  # next_from calls so far: the whole position
         self.cache: dict[int, dict[str, np.ndarray]] = {}  # this cycle's micro-batches, by slot
         self.last: Rollout | None = None
-        longest = max(len(p) for p in self.prompt_ids)
-        need = longest + (group_size if layout == "shared" else 1) * sampling.max_tokens
-        if need > max_length:
+        longest, C = max(len(p) for p in self.prompt_ids), sampling.max_tokens
+        fits = (max_length - longest) // C  # completions a row of max_length holds after the longest prompt
+        if fits < 1:
             raise ConfigError(
-                f"trainer.max_length {max_length} is too short for the longest prompt ({longest} tokens) and "
-                + (f"{group_size} completions" if layout == "shared" else "a completion")
-                + f" of up to {sampling.max_tokens} tokens ({need}); raise max_length, lower max_prompt_length "
-                "or max_completion_length" + (", or use layout: separate" if layout == "shared" else ""))
+                f"trainer.max_length {max_length} is too short for the longest prompt ({longest} tokens) and a "
+                f"completion of up to {C} tokens ({longest + C}); raise max_length, lower max_prompt_length "
+                "or max_completion_length")
+        self.per_row = 1  # completions of one prompt in one row: as many as fit, spread evenly over its rows
+        if layout == "shared":
+            rows_per_prompt = -(-group_size // min(fits, group_size))
+            self.per_row = -(-group_size // rows_per_prompt)
+        self.row_length = longest + self.per_row * C  # the most a row can hold; no wider than max_length
 
     # -- the RolloutStream protocol
 
@@ -278,18 +288,21 @@ class RolloutStream:
     def sample(self, policy: Any, batch_index: int) -> dict[str, np.ndarray]:
         """One micro-batch: sampled, scored, packed, with the sampling-time log-probs."""
         rollout = self.rollout(policy, batch_index)
-        G, ids = self.group_size, rollout.prompt_ids
-        grouped = [[c.ids for c in rollout.completions[i * G:(i + 1) * G]] for i in range(len(ids))]
-        pack = pack_shared if self.layout == "shared" else pack_separate
-        packed = pack(ids, grouped, self.max_length, self.pad_id)
+        G, k = self.group_size, self.per_row
+        row_prompts, row_completions, firsts = [], [], []  # a prompt and k of its completions a row
+        for i, prompt in enumerate(rollout.prompt_ids):
+            for first in range(i * G, (i + 1) * G, k):
+                row_prompts.append(prompt)
+                row_completions.append([c.ids for c in rollout.completions[first:min(first + k, (i + 1) * G)]])
+                firsts.append(first)
+        packed = pack_shared(row_prompts, row_completions, self.row_length, self.pad_id)
         rollout.packed = packed
         segments = packed.prediction_segments
-        rows = np.arange(segments.shape[0])[:, None]
-        base = rows * G - 1 if self.layout == "shared" else rows - 1
+        base = np.asarray(firsts)[:, None] - 1
         rollout.token_completion = np.where(segments > 0, base + segments, -1)
         batch = packed.batch()
-        if self.layout != "shared":
-            batch.pop("segment_ids")  # one completion a row: plain causal attention
+        if k == 1:
+            batch.pop("segment_ids")  # one completion a row: plain causal attention, no shared-prompt mask
         if self.old_arrays is not None:
             arrays = self.old_arrays(policy, batch)
         else:
