@@ -102,7 +102,8 @@ def phase_rung(args, folder: Path, out: Path, backend: str) -> dict:
 
     get_plugins().manager.register(StepClock(), name="step-clock")
     group, length = args.generations, args.completion_length
-    prompt = longest_prompt(folder)  # rows as short as rung's fixed shapes allow: the longest prompt and G answers
+    prompt = longest_prompt(folder)
+    per_row = args.completions_per_row or group  # rung's rows: the longest prompt and this many completions
     config = {
         "output_dir": str(out), "seed": 0,
         "backend": {"name": backend, "model": str(folder / "model"), "device": args.device, "precision": "fp32"},
@@ -113,7 +114,7 @@ def phase_rung(args, folder: Path, out: Path, backend: str) -> dict:
                     "learning_rate": LEARNING_RATE, "min_lr_ratio": 1.0, "warmup_steps": 0, "weight_decay": 0.0,
                     "grad_clip": 1.0,
                     "log_every": 1, "eval_size": 0, "eval_on_start": False, "resume": "never",
-                    "chat_template": "plain", "max_prompt_length": prompt, "max_length": prompt + group * length,
+                    "chat_template": "plain", "max_prompt_length": prompt, "max_length": prompt + per_row * length,
                     "shuffle": False},
     }
     if backend == "torch":
@@ -185,6 +186,9 @@ def main() -> None:
     parser.add_argument("--generations", type=int, default=8, help="G: completions per prompt")
     parser.add_argument("--completion-length", type=int, default=32, help="new tokens per completion (at most)")
     parser.add_argument("--prompts", type=int, default=256)
+    parser.add_argument("--completions-per-row", type=int, default=None,
+                        help="rung's max_length fits the longest prompt and this many completions (default: all "
+                        "G, one row per prompt); fewer: a group spreads over several shorter rows")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1,
@@ -218,6 +222,8 @@ def main() -> None:
                        "--prompts-per-step", str(args.prompts_per_step), "--generations", str(args.generations),
                        "--completion-length", str(args.completion_length), "--prompts", str(args.prompts),
                        "--device", args.device]
+                if args.completions_per_row:
+                    cmd += ["--completions-per-row", str(args.completions_per_row)]
                 env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
                 done = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 line = next((out for out in done.stdout.splitlines() if out.startswith("RESULT ")), None)
@@ -230,7 +236,8 @@ def main() -> None:
                       f"peak {r['peak_mb']:,.0f} MB, {r['tokens_per_step']:,.0f} tokens generated/step", flush=True)
     print(f"\nGRPO on preset '{args.preset}', {args.prompts_per_step} prompts x {args.generations} completions of "
           f"up to {args.completion_length} tokens per step, {args.steps} steps, fp32, {args.device}"
-          + (f", {args.threads} CPU thread(s)" if args.device == "cpu" else ""))
+          + (f", {args.threads} CPU thread(s)" if args.device == "cpu" else "")
+          + f"; rung: {args.completions_per_row or args.generations} completions per row")
     trl = results["trl"]
     for phase in phases[1:]:
         ours = results[phase]
