@@ -44,6 +44,19 @@ def model_context(model: Any) -> int | None:
     return None
 
 
+def base_reference(run: RunContext, backend: Any) -> str | None:
+    """Where the base model of an adapter lives (for its note), saving it first to
+    output_dir/base when it exists only in memory (a preset with new weights)."""
+    model = getattr(run.config.backend, "model", None)
+    if isinstance(model, str) and Path(model).is_dir():
+        return str(Path(model).resolve())
+    if isinstance(run.config.backend, LocalModelOptions):
+        target = run.output_dir / "base"
+        backend.save(target)
+        return str(target.resolve())
+    return model if isinstance(model, str) else None
+
+
 def evaluate_now(engine: Any, evaluate: Any, backend: Any) -> dict[str, float]:
     """Run `evaluate` once before training, in the engine's evaluation context."""
     if hasattr(engine, "evaluate"):
@@ -178,24 +191,13 @@ class LoraTrainer(SFTTrainer):
                         modules_to_save=tuple(o.modules_to_save), dora=o.use_dora, rslora=o.use_rslora,
                         qlora=o.qlora, seed=run.seed)
 
-    def _base_reference(self, run: RunContext, backend: Any) -> str | None:
-        """Where the base model lives, saving it first when it exists only in memory (a preset)."""
-        model = getattr(run.config.backend, "model", None)
-        if isinstance(model, str) and Path(model).is_dir():
-            return str(Path(model).resolve())
-        if isinstance(run.config.backend, LocalModelOptions):
-            target = run.output_dir / "base"
-            backend.save(target)
-            return str(target.resolve())
-        return model if isinstance(model, str) else None
-
     def prepare_model(self, run: RunContext, backend: Any) -> None:
         if not callable(getattr(backend, "adapters", None)):
             raise ConfigError(f"trainer 'lora': backend '{run.config.backend.name}' cannot carry LoRA adapters "
                               "(it has no adapters()); use torch, hf or jax")
         self.adapters = backend.adapters()
         spec = self.spec(run)
-        self.base = self._base_reference(run, backend)
+        self.base = base_reference(run, backend)
         self.adapters.add_lora(spec)
         trainable, total = self.adapters.trainable_parameters()
         run.log(0, {"trainable_params": float(trainable), "total_params": float(total),

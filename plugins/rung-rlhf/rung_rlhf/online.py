@@ -12,7 +12,6 @@ it reads from the policy at sampling time.
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,13 +20,12 @@ from rung.config import config_to_dict
 from rung.context import RunContext
 from rung.decoding import Sampling
 from rung.errors import ConfigError
-from rung.model_config import LocalModelOptions
 from rung.records import LoraSpec, RewardedPrompt, TrainResult
 
 from rung_lora.data import split_examples
 from rung_lora.saving import save_tokenizer
 from rung_lora.templates import make_renderer
-from rung_lora.trainer import evaluate_now, model_context, resolve_tokenizer
+from rung_lora.trainer import base_reference, evaluate_now, model_context, resolve_tokenizer
 from rung_rlhf.formatting import Formatter, formatter
 from rung_rlhf.rollouts import RewardEvaluator, Rewarder, RewardModelScorer, Rollout, RolloutStream, to_numpy
 from rung_rlhf.rollouts import unique_names
@@ -81,22 +79,12 @@ class OnlineTrainer:
         if not callable(getattr(backend, "adapters", None)):
             raise ConfigError(f"trainer.lora: backend '{run.config.backend.name}' cannot carry LoRA adapters")
         self.adapters = backend.adapters()
-        self.base = self._base_reference(run, backend)
+        self.base = base_reference(run, backend)
         targets = o.target_modules if isinstance(o.target_modules, str) else tuple(o.target_modules)
         self.adapters.add_lora(LoraSpec(r=o.r, alpha=o.alpha, dropout=o.dropout, target_modules=targets,
                                         rslora=o.use_rslora, seed=run.seed))
         trainable, total = self.adapters.trainable_parameters()
         run.log(0, {"trainable_params": float(trainable), "total_params": float(total)})
-
-    def _base_reference(self, run: RunContext, backend: Any) -> str | None:
-        model = getattr(run.config.backend, "model", None)
-        if isinstance(model, str) and Path(model).is_dir():
-            return str(Path(model).resolve())
-        if isinstance(run.config.backend, LocalModelOptions):
-            target = run.output_dir / "base"
-            backend.save(target)
-            return str(target.resolve())
-        return model if isinstance(model, str) else None
 
     def reference(self, run: RunContext, backend: Any, token_logprobs: Any) -> Any:
         """fn(policy, batch) -> the reference's token log-probs; None without a KL term."""

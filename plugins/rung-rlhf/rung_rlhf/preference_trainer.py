@@ -18,7 +18,7 @@ from rung.records import LoraSpec, PreferencePair, TrainResult
 
 from rung_lora.data import split_examples
 from rung_lora.saving import save_tokenizer
-from rung_lora.trainer import evaluate_now, model_context, resolve_tokenizer
+from rung_lora.trainer import base_reference, evaluate_now, model_context, resolve_tokenizer
 from rung_rlhf.formatting import Formatter, TokenizedPair, formatter
 from rung_rlhf.pairs import PairBatches, rows_per_pair
 from rung_rlhf.preference_options import FeedbackOptions
@@ -91,7 +91,7 @@ class PreferenceTrainer:
             raise ConfigError(f"trainer.lora: backend '{run.config.backend.name}' cannot carry LoRA adapters "
                               "(it has no adapters()); use torch, hf or jax")
         self.adapters = backend.adapters()
-        self.base = self._base_reference(run, backend)
+        self.base = base_reference(run, backend)
         targets = o.target_modules if isinstance(o.target_modules, str) else tuple(o.target_modules)
         self.adapters.add_lora(LoraSpec(r=o.r, alpha=o.alpha, dropout=o.dropout, target_modules=targets,
                                         modules_to_save=self.modules_to_save(), rslora=o.use_rslora,
@@ -99,19 +99,6 @@ class PreferenceTrainer:
         trainable, total = self.adapters.trainable_parameters()
         run.log(0, {"trainable_params": float(trainable), "total_params": float(total),
                     "trainable_fraction": trainable / max(total, 1)})
-
-    def _base_reference(self, run: RunContext, backend: Any) -> str | None:
-        """Where the base model lives, saving it first when it exists only in memory (a preset)."""
-        from rung.model_config import LocalModelOptions
-
-        model = getattr(run.config.backend, "model", None)
-        if isinstance(model, str) and Path(model).is_dir():
-            return str(Path(model).resolve())
-        if isinstance(run.config.backend, LocalModelOptions):
-            target = run.output_dir / "base"
-            backend.save(target)
-            return str(target.resolve())
-        return model if isinstance(model, str) else None
 
     def save_adapter(self, run: RunContext, tokenizer: Any) -> Path:
         template = self.formatter.renderer.jinja if self.formatter else None
