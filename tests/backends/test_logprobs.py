@@ -121,7 +121,7 @@ def test_bad_settings_are_one_line_errors(checkpoint, local_backend):
     backend = local_backend("torch", checkpoint)
     with pytest.raises(RungError, match=r"^max_tokens must be at least 1, got 0$"):
         scored(backend, max_tokens=0, logprobs=1)
-    with pytest.raises(RungError, match="ask for logprobs"):
-        scored(backend, max_tokens=0, echo=True)
+    echoed = scored(backend, max_tokens=0, echo=True)  # echo alone: the prompt back, nothing scored or generated
+    assert (echoed.text, echoed.usage.completion_tokens, echoed.logprobs) == ("", 0, None)
     with pytest.raises(RungError, match="logprobs must be 0"):
         scored(backend, max_tokens=2, logprobs=-1)
