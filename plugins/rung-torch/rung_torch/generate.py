@@ -34,7 +34,7 @@ from rung_torch.model import KVCache
 
 
 def choose(logits: torch.Tensor, rows: Sequence[Sampling],
-           generators: Sequence[torch.Generator | None]) -> torch.Tensor:
+           generators: Sequence[torch.Generator | None], uniforms: torch.Tensor | None = None) -> torch.Tensor:
     """The next token of each row from its last logits (batch, vocab).
 
     Rows that sample alike are filtered together (temperature, top-k, top-p as one batch of
@@ -42,6 +42,9 @@ def choose(logits: torch.Tensor, rows: Sequence[Sampling],
     own generator and takes the token where it falls in the row's cumulative distribution, so a
     row picks what it would pick alone (and `torch.multinomial`'s per-row cost, an exponential
     draw for every token of the vocabulary, is not paid once per row).
+
+    `uniforms` (batch,): each row's number drawn already (a caller that drew many steps' worth
+    at once); the generators are then not used.
     """
     chosen = logits.argmax(dim=-1)
     groups: dict[tuple, list[int]] = {}
@@ -60,12 +63,20 @@ def choose(logits: torch.Tensor, rows: Sequence[Sampling],
             drop = sorted_probs.cumsum(-1) - sorted_probs >= top_p
             scores = scores.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
         cumulative = scores.softmax(-1).cumsum(-1)
-        uniform = torch.cat([torch.rand(1, generator=generators[i], device=generators[i].device)
-                             for i in members]).to(cumulative.device)
+        everyone = len(members) == len(rows)
+        if uniforms is not None:
+            uniform = uniforms if everyone else uniforms[torch.tensor(members, device=uniforms.device)]
+            uniform = uniform.to(cumulative.device)
+        else:
+            uniform = torch.cat([torch.rand(1, generator=generators[i], device=generators[i].device)
+                                 for i in members]).to(cumulative.device)
         # u in [0, total): the first token whose cumulative probability exceeds it (never one of
         # probability 0: the sum does not grow there).
         picked = torch.searchsorted(cumulative, (uniform * cumulative[:, -1])[:, None], right=True)[:, 0]
-        chosen[torch.tensor(members, device=chosen.device)] = picked.clamp_(max=scores.shape[-1] - 1)
+        picked = picked.clamp_(max=scores.shape[-1] - 1)
+        if everyone:
+            return picked
+        chosen[torch.tensor(members, device=chosen.device)] = picked
     return chosen
 
 

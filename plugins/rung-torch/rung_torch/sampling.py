@@ -4,11 +4,13 @@
 kept as the last one when one was sampled, at most `sampling.max_tokens`. The loop calls it
 inside the engine's evaluation context with the model being trained (`RolloutStream`).
 
-- rung's `Transformer` (peft-wrapped too): `rung_torch.generate.generate_tokens`, the
-  backend's own batched KV-cache decoder (left-padded rows, each decoded as it would be
-  alone, the flat fast forward when the layers are plain), with each row's ids collected
-  instead of text. Row i draws from its own generator seeded `sampling.seed + i`, so row i
-  equals `backend.generate` of prompt i with that seed. The fast forward's weight copies are
+- rung's `Transformer` (peft-wrapped too): the algorithm of `rung_torch.generate.generate_tokens`,
+  the backend's own batched KV-cache decoder (left-padded rows, each decoded as it would be
+  alone, the flat fast forward when the layers are plain, `generate.choose`'s rule), for ids
+  only: each distinct prompt prefilled once and its cache rows copied to its repeats (GRPO
+  passes each prompt G times), no per-row decoder, tokens kept in tensors until the end.
+  Row i draws from its own generator seeded `sampling.seed + i`, so row i equals
+  `backend.generate` of prompt i with that seed. The fast forward's weight copies are
   rebuilt after each optimizer step (the engine calls `modeling.weights_changed`).
 - a transformers model (peft-wrapped too): its own `generate` (its KV cache) on one
   left-padded batch, each next token picked by rung's rule (`generate.choose`, through a
@@ -30,36 +32,6 @@ from rung.decoding import Sampling
 from rung.errors import RungError
 from rung_torch.modeling import unwrap
 from rung_torch.scoring import is_rung_model, score_owner
-
-
-class TokenRow:
-    """What `generate_tokens` hands one row's tokens to when only the ids are wanted (the
-    part of `rung.decoding.RowDecoder` it calls): every id kept, a stop id last."""
-
-    def __init__(self, sampling: Sampling) -> None:
-        self.sampling = sampling
-        self.ids: list[int] = []
-        self.finish_reason: str | None = None
-
-    @property
-    def done(self) -> bool:
-        return self.finish_reason is not None
-
-    def take_logprobs(self) -> None:
-        return None  # ids only: no log-probabilities are asked for or kept
-
-    def push(self, token: int, logprob: Any = None) -> str:
-        self.ids.append(token)
-        if token in self.sampling.stop_ids:
-            self.finish_reason = "stop"
-        elif len(self.ids) >= self.sampling.max_tokens:
-            self.finish_reason = "length"
-        return ""
-
-    def finish(self, reason: str) -> str:
-        if self.finish_reason is None:
-            self.finish_reason = reason
-        return ""
 
 
 def sample_tokens(model: Any, prompts: Sequence[Sequence[int]], sampling: Sampling) -> list[list[int]]:
@@ -95,19 +67,106 @@ def decode_dtype(device: torch.device) -> torch.dtype:
 
 
 def _sample_rung(model: Any, prompts: list[list[int]], sampling: Sampling) -> list[list[int]]:
-    from rung_torch.generate import generate_tokens
-
-    device = next(model.parameters()).device
-    rows = row_samplings(sampling, len(prompts))
-    collected = [TokenRow(row) for row in rows]
     was_training = model.training
     model.eval()
     try:
-        for _ in generate_tokens(model, prompts, rows, collected, device, decode_dtype(device)):
-            pass
+        return _decode_ids(model, prompts, sampling)
     finally:
         model.train(was_training)
-    return [row.ids for row in collected]
+
+
+def _decode_ids(model: Any, prompts: list[list[int]], sampling: Sampling) -> list[list[int]]:
+    """`generate_tokens`' algorithm (left-padded rows in one static KV cache, each decoded as it
+    would be alone, `choose`'s rule from row i's generator) specialised to ids only.
+
+    What it saves: each distinct prompt is prefilled once and its cache rows copied to its
+    repeats (GRPO passes every prompt G times); a CPU row's uniform numbers are drawn for every
+    step at once (a CPU generator's n draws in one call are its n single draws: the same ids);
+    tokens and stops stay in tensors until the end, one inference-mode context for the loop.
+    """
+    from rung_torch.generate import choose, computing, context_error, forward_for
+    from rung_torch.model import KVCache
+
+    device = next(model.parameters()).device
+    dtype = decode_dtype(device)
+    config = model.config
+    context, steps = config.max_seq_len, sampling.max_tokens
+    for prompt in prompts:
+        if len(prompt) + steps > context:
+            raise context_error(len(prompt), steps, context)
+    distinct: dict[tuple[int, ...], int] = {}
+    source = [distinct.setdefault(tuple(prompt), len(distinct)) for prompt in prompts]
+    unique = [list(prompt) for prompt in distinct]
+    B, D, T = len(prompts), len(unique), max(len(p) for p in prompts)
+    pads = [T - len(p) for p in prompts]
+    # Cache slots: a left-padded row may run past `context` slots, as its positions start later
+    # (every row ends at `steps` tokens: prompt + steps fits the context, checked above).
+    total = T + steps
+    rows = row_samplings(sampling, B)
+    n_params = sum(p.numel() for p in model.parameters())
+
+    positions = valid = prefill_positions = prefill_mask = None
+    if any(pads):
+        slots = torch.arange(total, device=device)
+        pad_rows = torch.tensor(pads, device=device)
+        valid = slots[None, :] >= pad_rows[:, None]  # (B, total): which cache slots hold real tokens
+        positions = (slots[None, :] - pad_rows[:, None]).clamp(0, context - 1)
+        first = torch.tensor([source.index(d) for d in range(D)], device=device)  # a row of each prompt
+        prefill_positions = positions[first, :T]
+        prefill_mask = model._mask(valid[first, :T], T, 0)
+    ids = torch.tensor([[0] * (T - len(p)) + p for p in unique], dtype=torch.long, device=device)
+
+    generators: list[torch.Generator | None] = []
+    uniforms = None
+    if not sampling.greedy:
+        for row in rows:
+            generator = torch.Generator(device=device)
+            generator.manual_seed(row.seed) if row.seed is not None else generator.seed()
+            generators.append(generator)
+        if device.type == "cpu":
+            uniforms = torch.stack([torch.rand(steps, generator=g) for g in generators], dim=1)  # (steps, B)
+
+    with computing(device, n_params * D * T):
+        forward = forward_for(model, dtype)
+        cache = KVCache.allocate(config, B, total, device, dtype)
+        if D == B:
+            logits = forward(ids, cache, 0, prefill_positions, prefill_mask)
+        else:
+            prefilled = KVCache.allocate(config, D, T, device, dtype)
+            logits = forward(ids, prefilled, 0, prefill_positions, prefill_mask)
+            copies = torch.tensor(source, device=device)
+            cache.k[:, :, :, :T] = prefilled.k.index_select(1, copies)
+            cache.v[:, :, :, :T] = prefilled.v.index_select(1, copies)
+            logits = logits.index_select(0, copies)
+
+    out = torch.empty((steps, B), dtype=torch.long, device=device)
+    stop_ids = torch.tensor(sorted(int(i) for i in sampling.stop_ids), dtype=torch.long, device=device)
+    stopped = torch.zeros(B, dtype=torch.bool, device=device)
+    with computing(device, n_params * B):
+        for step in range(steps):
+            tokens = choose(logits, rows, generators, None if uniforms is None else uniforms[step])
+            out[step] = tokens
+            if step + 1 == steps:
+                break
+            if len(stop_ids):
+                stopped |= torch.isin(tokens, stop_ids)
+                if bool(stopped.all()):
+                    break
+            pos = T + step
+            if valid is None:
+                logits = forward.step(tokens, cache, pos)
+            else:
+                logits = forward.step(tokens, cache, pos, positions[:, pos], valid[:, None, None, :pos + 1])
+        taken = out[:step + 1].t().tolist()
+    return [_through_stop(row, sampling.stop_ids) for row in taken]
+
+
+def _through_stop(tokens: list[int], stop_ids: frozenset[int] | set[int]) -> list[int]:
+    """`tokens` up to and with the first stop id."""
+    for i, token in enumerate(tokens):
+        if token in stop_ids:
+            return tokens[:i + 1]
+    return tokens
 
 
 def _sample_transformers(model: Any, owner: Any, prompts: list[list[int]], sampling: Sampling) -> list[list[int]]:
