@@ -52,7 +52,9 @@ def choose(logits: torch.Tensor, rows: Sequence[Sampling],
         if not sampling.greedy:
             groups.setdefault((sampling.temperature, sampling.top_k, sampling.top_p), []).append(i)
     for (temperature, top_k, top_p), members in groups.items():
-        scores = (logits[members] if len(members) < len(rows) else logits).float() / temperature
+        scores = (logits[members] if len(members) < len(rows) else logits).float()
+        if temperature != 1.0:  # x / 1 is x: no copy of the logits for the most common temperature
+            scores = scores / temperature
         if top_k is not None and top_k < scores.shape[-1]:
             kth = torch.topk(scores, top_k, dim=-1).values[:, -1:]
             scores = scores.masked_fill(scores < kth, float("-inf"))

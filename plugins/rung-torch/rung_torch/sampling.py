@@ -84,7 +84,7 @@ def _decode_ids(model: Any, prompts: list[list[int]], sampling: Sampling) -> lis
     step at once (a CPU generator's n draws in one call are its n single draws: the same ids);
     tokens and stops stay in tensors until the end, one inference-mode context for the loop.
     """
-    from rung_torch.generate import choose, computing, context_error, forward_for
+    from rung_torch.generate import FastForward, choose, computing, context_error, forward_for
     from rung_torch.model import KVCache
 
     device = next(model.parameters()).device
@@ -103,6 +103,7 @@ def _decode_ids(model: Any, prompts: list[list[int]], sampling: Sampling) -> lis
     # (every row ends at `steps` tokens: prompt + steps fits the context, checked above).
     total = T + steps
     rows = row_samplings(sampling, B)
+    alike = [sampling] * B  # what `choose` reads of a row (its filter) is the same in every row
     n_params = sum(p.numel() for p in model.parameters())
 
     positions = valid = prefill_positions = prefill_mask = None
@@ -139,12 +140,19 @@ def _decode_ids(model: Any, prompts: list[list[int]], sampling: Sampling) -> lis
             cache.v[:, :, :, :T] = prefilled.v.index_select(1, copies)
             logits = logits.index_select(0, copies)
 
+    step_mask = None
+    if valid is not None:
+        step_mask = valid[:, None, None, :]
+        if isinstance(forward, FastForward):
+            # Attention turns a bool mask into this additive one on every call (the same numbers):
+            # made once here instead of once per layer and step.
+            step_mask = torch.zeros(step_mask.shape, dtype=dtype, device=device).masked_fill_(~step_mask, float("-inf"))
     out = torch.empty((steps, B), dtype=torch.long, device=device)
     stop_ids = torch.tensor(sorted(int(i) for i in sampling.stop_ids), dtype=torch.long, device=device)
     stopped = torch.zeros(B, dtype=torch.bool, device=device)
     with computing(device, n_params * B):
         for step in range(steps):
-            tokens = choose(logits, rows, generators, None if uniforms is None else uniforms[step])
+            tokens = choose(logits, alike, generators, None if uniforms is None else uniforms[step])
             out[step] = tokens
             if step + 1 == steps:
                 break
@@ -153,10 +161,10 @@ def _decode_ids(model: Any, prompts: list[list[int]], sampling: Sampling) -> lis
                 if bool(stopped.all()):
                     break
             pos = T + step
-            if valid is None:
+            if step_mask is None:
                 logits = forward.step(tokens, cache, pos)
             else:
-                logits = forward.step(tokens, cache, pos, positions[:, pos], valid[:, None, None, :pos + 1])
+                logits = forward.step(tokens, cache, pos, positions[:, pos], step_mask[..., :pos + 1])
         taken = out[:step + 1].t().tolist()
     return [_through_stop(row, sampling.stop_ids) for row in taken]
 
