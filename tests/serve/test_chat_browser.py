@@ -40,6 +40,8 @@ class SlowStream:
         self._backend, self._pause = backend, pause
 
     def __getattr__(self, name):
+        if name == "decode_slots":  # served through astream (paused), not the batching scheduler
+            raise AttributeError(name)
         return getattr(self._backend, name)
 
     async def astream(self, request):
