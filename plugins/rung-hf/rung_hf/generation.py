@@ -59,20 +59,6 @@ def left_padded(prompts: Sequence[Sequence[int]], pad_id: int, device: Any) -> t
     return ids.to(device), mask.to(device)
 
 
-class eval_mode:
-    """Eval mode for the duration of a generation, then back to what it was (mid-training samples)."""
-
-    def __init__(self, model: Any) -> None:
-        self.model = model
-
-    def __enter__(self) -> None:
-        self.was_training = self.model.training
-        if self.was_training:
-            self.model.eval()
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.was_training:
-            self.model.train()
 
 
 class StepLogprobs:
@@ -152,6 +138,8 @@ def score_prompt(model: Any, prompt: Sequence[int], top: int, records: LogprobRe
     """Echo: the prompt's tokens scored by one forward pass (position j predicts token j + 1)."""
     import torch
 
+    from rung_torch.modeling import eval_mode
+
     ids = torch.tensor([list(prompt)], dtype=torch.long, device=device)
     with torch.no_grad(), eval_mode(model):
         logits = model(input_ids=ids).logits[0, :-1]
@@ -169,6 +157,8 @@ def generate_rows(model: Any, prompts: Sequence[Sequence[int]], sampling: Sampli
     """Decode every prompt (one Sampling for all) to the end; the decoders hold the results
     (and the log-probabilities, when the Sampling asks)."""
     import torch
+
+    from rung_torch.modeling import eval_mode
 
     from rung_hf.criteria import RowsDone, StoppingCriteriaList
 

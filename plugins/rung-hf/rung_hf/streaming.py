@@ -50,7 +50,8 @@ def stream_row(model: Any, prompt: list[int], sampling: Sampling, decoder: RowDe
 
     from rung.decoding import LogprobRecords
     from rung_hf.criteria import Cancel, StoppingCriteriaList
-    from rung_hf.generation import StepLogprobs, eval_mode, generation_config, left_padded, score_prompt
+    from rung_hf.generation import StepLogprobs, generation_config, left_padded, score_prompt
+    from rung_torch.modeling import eval_mode
 
     input_ids, mask = left_padded([prompt], pad_id, device)
     recorder, extra = None, {}

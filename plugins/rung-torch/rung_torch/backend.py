@@ -153,17 +153,13 @@ class TorchBackend(BaseBackend):
         return TorchDecodeSlots(self, max_slots)
 
     def _run(self, prompts, rows, decoders):
-        from rung_torch.modeling import unwrap
+        from rung_torch.modeling import eval_mode, unwrap
 
         model = unwrap(self.model)
         if hasattr(model, "get_base_model"):  # peft: the rung Transformer with adapters inside
             model = model.get_base_model()
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             yield from generate_tokens(model, prompts, rows, decoders, self.device, DTYPES[self.decode_precision])
-        finally:
-            model.train(was_training)
 
     def _prepare(self, request: GenerationRequest) -> tuple[list[int], Sampling]:
         defaults = Defaults(max_tokens=self.options.max_tokens, temperature=self.options.temperature)

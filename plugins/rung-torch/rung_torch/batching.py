@@ -36,6 +36,7 @@ from rung.errors import RungError
 from rung.records import Delta, GenerationRequest, Usage
 from rung_torch.generate import FastForward, choose, computing, forward_for
 from rung_torch.model import KVCache
+from rung_torch.modeling import eval_mode
 
 
 @dataclass
@@ -243,24 +244,11 @@ class _Batch:
     @contextlib.contextmanager
     def computing(self, device: torch.device, tokens: int) -> Iterator[None]:
         """`generate.computing` for `tokens` tokens, the model in eval mode on the module path."""
-        with computing(device, self.params * tokens), (_eval(self.model) if self.modules else contextlib.nullcontext()):
+        mode = eval_mode(self.model) if self.modules else contextlib.nullcontext()
+        with computing(device, self.params * tokens), mode:
             yield
 
 
-class _eval:
-    """The model in eval mode inside the block (as `backend.generate` decodes), then as it was."""
-
-    def __init__(self, model: Any) -> None:
-        self.model = model
-
-    def __enter__(self) -> None:
-        self.was_training = self.model.training
-        if self.was_training:
-            self.model.eval()
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.was_training:
-            self.model.train(True)
 
 
 def _similar_lengths(entries: list[_Request]) -> list[list[_Request]]:

@@ -20,6 +20,23 @@ def forward_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Te
     return out if isinstance(out, torch.Tensor) else out.logits
 
 
+class eval_mode:
+    """`model` in eval mode inside the block, then in the mode it was in (generation and
+    sampling mid-training, where the engine's model is in train mode)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def __enter__(self) -> None:
+        self.was_training = self.model.training
+        if self.was_training:
+            self.model.eval()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.was_training:
+            self.model.train(True)
+
+
 def unwrap(model: Any) -> Any:
     """The rung/transformers model under DDP (`.module`) or torch.compile (`._orig_mod`) wrappers."""
     while True:

@@ -30,7 +30,7 @@ import torch
 
 from rung.decoding import Sampling
 from rung.errors import RungError
-from rung_torch.modeling import unwrap
+from rung_torch.modeling import eval_mode, unwrap
 from rung_torch.scoring import is_rung_model, score_owner
 
 
@@ -67,12 +67,8 @@ def decode_dtype(device: torch.device) -> torch.dtype:
 
 
 def _sample_rung(model: Any, prompts: list[list[int]], sampling: Sampling) -> list[list[int]]:
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         return _decode_ids(model, prompts, sampling)
-    finally:
-        model.train(was_training)
 
 
 def _decode_ids(model: Any, prompts: list[list[int]], sampling: Sampling) -> list[list[int]]:
@@ -198,14 +194,9 @@ def _sample_transformers(model: Any, owner: Any, prompts: list[list[int]], sampl
     )
     # Greedy is generate's own argmax; sampling picks through rung's chooser.
     processors = [] if sampling.greedy else [RowChooser(row_samplings(sampling, len(prompts)), device)]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config,
-                                 logits_processor=LogitsProcessorList(processors))
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config,
+                             logits_processor=LogitsProcessorList(processors))
     rows = []
     for tokens in out[:, width:].tolist():
         tokens = tokens[:sampling.max_tokens]
