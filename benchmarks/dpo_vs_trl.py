@@ -57,15 +57,16 @@ def write_data(folder: Path, count: int) -> Path:
     return path
 
 
-def write_model(folder: Path, preset: str) -> Path:
-    """rung's preset with fresh weights, saved as a transformers Llama folder with the byte tokenizer."""
+def write_model(folder: Path, preset: str, context: int = 512) -> Path:
+    """rung's preset with fresh weights and a context of `context` tokens, saved as a
+    transformers Llama folder with the byte tokenizer (the DPO, GRPO and serving benchmarks'
+    model: rung and its baseline load the same folder)."""
     import rung
 
     target = folder / "model"
     tokenizer = rung.tokenizer("byte")
-    # a context of 512: prompt and both answers in one row
     backend = rung.backend("torch", model=preset, device="cpu", precision="fp32", tokenizer=tokenizer,
-                           architecture={"max_seq_len": 512})
+                           architecture={"max_seq_len": context})
     backend.save(target)
     tokenizer.save(target)
     return target

@@ -40,7 +40,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dpo_vs_trl import peak_mb, steps_per_s
+from dpo_vs_trl import peak_mb, steps_per_s, write_model
 from smoke import parse_args
 
 SMOKE = {"preset": "test", "steps": 3, "warmup": 1, "prompts_per_step": 2, "generations": 2,
@@ -63,20 +63,6 @@ def write_prompts(folder: Path, count: int) -> None:
             record = json.loads(line)
             text = render([Message("user", record["prompt"])], add_generation_prompt=True)
             out.write(json.dumps({"prompt": text, "reference": record["reference"]}) + "\n")
-
-
-def write_model(folder: Path, preset: str, context: int) -> Path:
-    """rung's preset with fresh weights and a context of `context`, saved as a transformers
-    Llama folder with the byte tokenizer (rung's rows hold a prompt and all G completions)."""
-    import rung
-
-    target = folder / "model"
-    tokenizer = rung.tokenizer("byte")
-    backend = rung.backend("torch", model=preset, device="cpu", precision="fp32", tokenizer=tokenizer,
-                           architecture={"max_seq_len": context})
-    backend.save(target)
-    tokenizer.save(target)
-    return target
 
 
 def longest_prompt(folder: Path) -> int:

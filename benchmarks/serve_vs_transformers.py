@@ -39,23 +39,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from dpo_vs_trl import write_model
 from smoke import parse_args
 
 SMOKE = {"preset": "test", "clients": 3, "requests": 2, "new": 4}
 HOST = "127.0.0.1"
-
-
-def write_model(folder: Path, preset: str) -> Path:
-    """rung's preset with fresh weights, saved as a transformers Llama folder with the byte tokenizer."""
-    import rung
-
-    target = folder / "model"
-    tokenizer = rung.tokenizer("byte")
-    backend = rung.backend("torch", model=preset, device="cpu", precision="fp32", tokenizer=tokenizer,
-                           architecture={"max_seq_len": 512})
-    backend.save(target)
-    tokenizer.save(target)
-    return target
 
 
 def prompt_of(client: int, index: int) -> str:
