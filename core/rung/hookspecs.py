@@ -61,6 +61,16 @@ def rung_register_reward_functions(register: Register) -> None:
 
 
 @hookspec
+def rung_register_eval_tasks(register: Register) -> None:
+    """Register evaluation task kinds (``rung.evaluation.EvalTask``): perplexity, multiple choice, ..."""
+
+
+@hookspec
+def rung_register_export_formats(register: Register) -> None:
+    """Register export formats for ``rung export --format`` (``rung.exporting.Exporter``): gguf, ..."""
+
+
+@hookspec
 def rung_register_commands(register: Register) -> None:
     """Register CLI commands: ``impl`` names a click command, ``summary`` is its help line."""
 
@@ -95,5 +105,7 @@ REGISTRATION_HOOKS: dict[str, str] = {
     "data_source": "rung_register_data_sources",
     "metric_sink": "rung_register_metric_sinks",
     "reward_function": "rung_register_reward_functions",
+    "eval_task": "rung_register_eval_tasks",
+    "export_format": "rung_register_export_formats",
     "command": "rung_register_commands",
 }

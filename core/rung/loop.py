@@ -171,6 +171,10 @@ class _Loop:
 
     def __init__(self, engine: StepEngine, batches: BatchStream, options: TrainingOptions,
                  run: RunContext, evaluate: Evaluator | None) -> None:
+        if getattr(options, "eval_tasks", None):  # every trainer's `eval_tasks:` (rung.evaluation)
+            from rung.evaluation import tasks_evaluator
+
+            evaluate = tasks_evaluator(run, options.eval_tasks, evaluate)
         self.engine, self.batches, self.opts, self.run_, self.evaluate = engine, batches, options, run, evaluate
         self.last_checkpoint: str | None = None
         self.metrics: dict[str, Any] = {}

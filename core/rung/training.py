@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -24,6 +24,10 @@ class TrainingOptions(Options):
     grad_clip: float | None = Field(1.0, gt=0, description="max gradient norm; null: no clipping")
     log_every: int = Field(10, ge=1)
     eval_every: int | None = Field(None, ge=1, description="steps between evaluations")
+    eval_tasks: list[str | dict[str, Any]] = Field(
+        default_factory=list,
+        description="evaluation tasks run at each evaluation: task spec files or inline specs (rung.evaluation)",
+    )
     save_every: int | None = Field(None, ge=1, description="steps between checkpoints")
     keep_checkpoints: int = Field(2, ge=1)
     resume: Literal["auto", "never"] | str = Field(

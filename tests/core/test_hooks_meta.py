@@ -120,6 +120,14 @@ class Recorder:
         self._record("rung_register_reward_functions", register=register)
 
     @rung.hookimpl
+    def rung_register_eval_tasks(self, register):
+        self._record("rung_register_eval_tasks", register=register)
+
+    @rung.hookimpl
+    def rung_register_export_formats(self, register):
+        self._record("rung_register_export_formats", register=register)
+
+    @rung.hookimpl
     def rung_register_commands(self, register):
         self._record("rung_register_commands", register=register)
 

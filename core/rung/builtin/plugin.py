@@ -18,3 +18,5 @@ def rung_register_commands(register):
     register("plugins", impl="rung.cli.plugins_cmd:plugins", summary="List installed plugins and what they registered.")
     register("config", impl="rung.cli.config_cmd:config", summary="Validate configs and print their JSON Schema.")
     register("run", impl="rung.cli.run_cmd:run", summary="Run a config: build backend, data and trainer, then train.")
+    register("export", impl="rung.cli.export_cmd:export",
+             summary="Write a model or adapter in another format (safetensors, gguf, ...).")

@@ -1,11 +1,35 @@
-"""`rung export`: merge a LoRA adapter into its base model and save a plain model."""
+"""`rung export --format safetensors`: a plain model folder; a LoRA adapter is merged into its base first."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import click
+from pydantic import Field
+
+from rung.options import Options
+
+
+class SafetensorsOptions(Options):
+    """Options of the `safetensors` export format."""
+
+    base: str | None = Field(None, description="an adapter's base model folder (default: the one it trained on)")
+    backend: str | None = Field(None, description="backend that loads the base (default: the training run's)")
+
+
+def export_safetensors(options: SafetensorsOptions, source: Path, output: Path | None) -> Path:
+    """An adapter folder: merged into its base and saved; a model folder: saved again through its backend.
+
+    OUTPUT defaults to a 'merged' folder beside an adapter. The result loads like any model
+    (`backend.model: OUTPUT`, transformers' from_pretrained).
+    """
+    from rung.errors import ConfigError
+
+    if not Path(source, "adapter_config.json").is_file():
+        raise ConfigError(f"export --format safetensors: '{source}' is not a LoRA adapter folder "
+                          "(no adapter_config.json); a model folder is already safetensors")
+    target = output if output is not None else Path(source).parent / "merged"
+    return export_adapter(source, target, base=options.base, backend_name=options.backend)
 
 
 def export_adapter(adapter: str | Path, output: str | Path, base: str | None = None,
@@ -24,7 +48,7 @@ def export_adapter(adapter: str | Path, output: str | Path, base: str | None = N
         base = note.get("base") or json.loads((adapter / "adapter_config.json").read_text()).get(
             "base_model_name_or_path")
     if not base:
-        raise RungError(f"{adapter}: the adapter does not say where its base model is; pass --base DIR")
+        raise RungError(f"{adapter}: the adapter does not say where its base model is; pass base=DIR")
     name = backend_name or note.get("backend") or "hf"
     options: dict[str, Any] = {}
     if name == note.get("backend"):  # keep the options it trained with (precision, device, ...)
@@ -32,26 +56,10 @@ def export_adapter(adapter: str | Path, output: str | Path, base: str | None = N
     options["model"] = str(base)
     backend = rung.backend(name, **options)
     if not callable(getattr(backend, "adapters", None)):
-        raise RungError(f"backend '{name}' cannot carry LoRA adapters; pass --backend torch, hf or jax")
+        raise RungError(f"backend '{name}' cannot carry LoRA adapters; pass backend=torch, hf or jax")
     backend.adapters().load_adapter(adapter, merge=True)
     output.mkdir(parents=True, exist_ok=True)
     backend.save(output)
     save_tokenizer(None, output, note.get("chat_template"))  # the format the adapter learnt
     copy_tokenizer_files(adapter, output)
     return output
-
-
-@click.command()
-@click.argument("adapter", type=click.Path(file_okay=False))
-@click.argument("output", type=click.Path(file_okay=False), required=False)
-@click.option("--base", help="the base model directory (default: the one the adapter was trained on)")
-@click.option("--backend", "backend_name", help="backend that loads the base (default: the training run's)")
-def export(adapter: str, output: str | None, base: str | None, backend_name: str | None) -> None:
-    """Merge the LoRA ADAPTER into its base model and save a plain model to OUTPUT.
-
-    OUTPUT defaults to a 'merged' folder beside the adapter. The result loads like any model
-    (`backend.model: OUTPUT`, transformers' from_pretrained).
-    """
-    target = Path(output) if output else Path(adapter).parent / "merged"
-    saved = export_adapter(adapter, target, base=base, backend_name=backend_name)
-    click.echo(f"merged {adapter} into its base; saved {saved}")

@@ -30,6 +30,6 @@ def rung_register_reward_functions(register):
 
 
 @hookimpl
-def rung_register_commands(register):
-    register("export", impl="rung_lora.export:export",
-             summary="Merge a LoRA adapter into its base model and save a plain model.")
+def rung_register_export_formats(register):
+    register("safetensors", impl="rung_lora.export:export_safetensors", options="rung_lora.export:SafetensorsOptions",
+             summary="a plain model folder (safetensors, config.json, tokenizer); an adapter is merged into its base")
