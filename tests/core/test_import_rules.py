@@ -55,10 +55,11 @@ HEAVY = {
 # DESIGN.md's layering, bottom-up: each layer and the layers it may depend on.
 LAYERS = {
     "core": ({"rung"}, set()),
-    "providers": ({"rung-openai", "rung-anthropic", "rung-tokenizers"}, {"core"}),
+    "providers": ({"rung-openai", "rung-anthropic", "rung-tokenizers", "rung-tensorboard", "rung-wandb"}, {"core"}),
     "frameworks": ({"rung-torch", "rung-jax", "rung-hf"}, {"core", "providers"}),
     "trainers": ({"rung-lora", "rung-pretrain", "rung-rlhf"}, {"core", "providers"}),
-    "cli": ({"rung-prompt", "rung-serve"}, {"core", "providers", "frameworks", "trainers"}),
+    "cli": ({"rung-prompt", "rung-serve", "rung-eval", "rung-gguf", "rung-plot"},
+            {"core", "providers", "frameworks", "trainers"}),
 }
 SIDEWAYS = {
     ("rung-hf", "rung-torch"),  # hf runs transformers models on rung-torch's engine
