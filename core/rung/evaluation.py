@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
 
 from pydantic import Field
 
-from rung.errors import ConfigError
+from rung.errors import ConfigError, RungError
 from rung.options import Options
 
 if TYPE_CHECKING:
@@ -85,14 +85,30 @@ def read_spec(spec: str | Path | Mapping[str, Any], where: str) -> tuple[dict[st
     return data, base, origin
 
 
-def load_task(registry: Any, spec: str | Path | Mapping[str, Any], where: str = "task") -> EvalTask:
-    """Build the task a spec describes, validated by its kind's options model."""
-    from rung.runner import validate_section
+def load_task(registry: Any, spec: str | Path | Mapping[str, Any], where: str = "task",
+              overrides: Mapping[str, Any] | None = None) -> EvalTask:
+    """Build the task a spec describes, validated by its kind's options model; `overrides`
+    (e.g. `rung eval --limit`) replace the spec's own keys. Errors name the spec's file (or `where`)."""
+    from pydantic import ValidationError
+
+    from rung.config import section_model
 
     data, base, origin = read_spec(spec, where)
-    section = {"name": data.pop("kind"), "label": data.pop("name"), **data}
-    options = validate_section(registry, "eval_task", section, origin)
-    return registry.get("eval_task", options.name).load()(options, base_dir=base)
+    data.update(overrides or {})
+    kind = str(data.pop("kind"))
+    try:
+        model = section_model(registry, "eval_task", kind)
+    except RungError as exc:  # an unknown kind (PluginError): which spec names it
+        raise ConfigError(f"{origin}: kind: {exc}") from None
+    section = {"name": kind, "label": data.pop("name"), **data}
+    try:
+        options = model.model_validate(section)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ["name" if i == 0 and part == "label" else str(part) for i, part in enumerate(first["loc"])]
+        key = ".".join(loc) or "spec"  # (the spec's `name` is the options' `label`)
+        raise ConfigError(f"{origin}: {key}: {first['msg']}") from None
+    return registry.get("eval_task", kind).load()(options, base_dir=base)
 
 
 def tasks_evaluator(run: RunContext, specs: Sequence[str | Mapping[str, Any]],

@@ -90,23 +90,21 @@ def columns(plugins: Any, backend: str | None, models: Sequence[str], configs: S
 def load_tasks(plugins: Any, specs: Sequence[str], limit: int | None) -> list[Any]:
     """The tasks of the spec files, `--limit` applied to those kinds that have a `limit` option."""
     from rung.config import section_model
-    from rung.evaluation import read_spec
-    from rung.runner import validate_section
-
     from rung.console import get_console
+    from rung.evaluation import load_task, read_spec
 
     tasks = []
     for spec in specs:
-        data, base, origin = read_spec(spec, "rung eval")
-        kind = str(data.pop("kind"))
-        section = {"name": kind, "label": data.pop("name"), **data}
+        overrides = {}
         if limit is not None:
-            if "limit" in section_model(plugins.registry, "eval_task", kind).model_fields:
-                section["limit"] = limit
-            else:
+            data, _, origin = read_spec(spec, "rung eval")
+            kind = str(data["kind"])
+            if kind in plugins.registry.names("eval_task") and \
+                    "limit" not in section_model(plugins.registry, "eval_task", kind).model_fields:
                 get_console().print(f"[yellow]{origin}: a {kind} task has no limit; --limit ignored for it")
-        options = validate_section(plugins.registry, "eval_task", section, origin)
-        tasks.append(plugins.registry.get("eval_task", kind).load()(options, base_dir=base))
+            else:
+                overrides["limit"] = limit
+        tasks.append(load_task(plugins.registry, spec, "rung eval", overrides))
     names = [t.name for t in tasks]
     for name in names:
         if names.count(name) > 1:

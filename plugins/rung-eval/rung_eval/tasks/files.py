@@ -96,3 +96,18 @@ def read_records(paths: Sequence[Path], limit: int | None = None) -> list[Record
     if not records:
         raise ConfigError(f"{', '.join(map(str, paths))}: no records")
     return records
+
+
+def task_scorer(backend: Any, model: Any, task: str, **settings: Any) -> Any:
+    """`rung_eval.scoring.scorer_for(backend, model, ...)` with the spec's scorer settings
+    (stride, max_length, batch_size: those set); one the scorer does not take is an error."""
+    import inspect
+
+    from rung_eval.scoring import scorer_for
+
+    wanted = {key: value for key, value in settings.items() if value is not None}
+    accepted = inspect.signature(scorer_for).parameters
+    unknown = [key for key in wanted if key not in accepted]
+    if unknown:
+        raise ConfigError(f"task '{task}': {', '.join(unknown)}: this scorer has no such setting; drop it")
+    return scorer_for(backend, model, **wanted)

@@ -25,7 +25,7 @@ from pydantic import Field, field_validator
 from rung.errors import ConfigError
 from rung.evaluation import EvalTaskOptions
 
-from rung_eval.tasks.files import Record, read_records, resolve_paths
+from rung_eval.tasks.files import Record, read_records, resolve_paths, task_scorer
 
 REFERENCE_FIELDS = ("reference", "answer", "target", "completion")
 
@@ -48,6 +48,7 @@ class GenerationOptions(EvalTaskOptions):
     stop: list[str] = Field(default_factory=list, description="stop sequences, e.g. ['\\n']")
     temperature: float = Field(0.0, ge=0, description="0: greedy")
     seed: int | None = None
+    batch_size: int | None = Field(None, ge=1, description="requests per batch; null: the scorer's default")
     limit: int | None = Field(None, ge=1, description="complete only the first N prompts")
 
     @field_validator("path", mode="before")
@@ -132,9 +133,8 @@ class GenerationTask:
         return [GenerationRequest(prompt=p.text, raw=True, **sampling) for p in self.prompts]
 
     def evaluate(self, backend: Any, model: Any | None = None) -> dict[str, float]:
-        from rung_eval.scoring import scorer_for
-
-        completions = scorer_for(backend, model).generate_until(self.requests())
+        scorer = task_scorer(backend, model, self.name, batch_size=self.options.batch_size)
+        completions = scorer.generate_until(self.requests())
         metrics: dict[str, float] = {}
         for name, fn, with_prompt in self.rewards:
             scores = [float(fn(text, p.reference, prompt=p.text) if with_prompt else fn(text, p.reference))

@@ -2,8 +2,9 @@
 
 Each JSONL line has a question (or context), its choices and the answer (the right choice's
 0-based index, or its text). The context is the question (or `template` filled with the
-line's fields); each choice is scored as the continuation `choice_prefix + choice` by the
-scorer's `loglikelihood`. Metrics:
+line's fields), as plain text or, with `chat: true`, as a user turn through the model's chat
+template with the assistant's turn opened (a chat-tuned model answers there); each choice is
+scored as the continuation `choice_prefix + choice` by the scorer's `loglikelihood`. Metrics:
 
 - accuracy        the most likely choice is the answer
 - accuracy_norm   the same with each log-likelihood divided by the choice's UTF-8 bytes
@@ -23,7 +24,7 @@ from pydantic import Field, field_validator
 from rung.errors import ConfigError
 from rung.evaluation import EvalTaskOptions
 
-from rung_eval.tasks.files import Record, read_records, resolve_paths
+from rung_eval.tasks.files import Record, read_records, resolve_paths, task_scorer
 
 QUESTION_FIELDS = ("question", "context", "query", "prompt")
 
@@ -37,7 +38,10 @@ class MultipleChoiceOptions(EvalTaskOptions):
     answer_field: str = Field("answer", description="the right choice: its 0-based index or its text")
     template: str | None = Field(
         None, description="the context as a format string of the line's fields, e.g. 'Q: {question}\\nA:'")
-    choice_prefix: str = Field(" ", description="put between the context and each choice")
+    chat: bool = Field(False, description="the context as a user turn through the model's chat template")
+    choice_prefix: str | None = Field(None, description="put between the context and each choice; "
+                                                        "null: ' ' (plain text), '' (chat: true)")
+    batch_size: int | None = Field(None, ge=1, description="requests per batch; null: the scorer's default")
     limit: int | None = Field(None, ge=1, description="score only the first N questions")
 
     @field_validator("path", mode="before")
@@ -84,6 +88,18 @@ def argmax(values: list[float]) -> int:
     return max(range(len(values)), key=lambda i: (values[i], -i))
 
 
+def chat_context(backend: Any, question: str, task: str) -> str:
+    """The question as a user turn in the backend tokenizer's chat template, the assistant's turn opened."""
+    from rung.decoding.prompt import has_chat_template
+    from rung.records import Message
+
+    tokenizer = getattr(backend, "tokenizer", None)
+    if tokenizer is None or not has_chat_template(tokenizer):
+        raise ConfigError(f"task '{task}': chat: true, but the model's tokenizer has no chat template; "
+                          "write the prompt format in 'template' instead")
+    return tokenizer.apply_chat_template([Message("user", question)], add_generation_prompt=True)
+
+
 class MultipleChoiceTask:
     """Accuracy by log-likelihood of each choice (an `rung.evaluation.EvalTask`)."""
 
@@ -94,11 +110,11 @@ class MultipleChoiceTask:
         self.questions = [parse_question(r, options) for r in read_records(self.files, options.limit)]
 
     def evaluate(self, backend: Any, model: Any | None = None) -> dict[str, float]:
-        from rung_eval.scoring import scorer_for
-
-        prefix = self.options.choice_prefix
-        requests = [(q.context, prefix + choice) for q in self.questions for choice in q.choices]
-        scored = scorer_for(backend, model).loglikelihood(requests)
+        opts = self.options
+        prefix = opts.choice_prefix if opts.choice_prefix is not None else "" if opts.chat else " "
+        contexts = [chat_context(backend, q.context, self.name) if opts.chat else q.context for q in self.questions]
+        requests = [(context, prefix + choice) for q, context in zip(self.questions, contexts) for choice in q.choices]
+        scored = task_scorer(backend, model, self.name, batch_size=self.options.batch_size).loglikelihood(requests)
         right = right_norm = 0
         at = 0
         for question in self.questions:

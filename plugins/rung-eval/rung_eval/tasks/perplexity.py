@@ -14,7 +14,6 @@ supports it). From the summed negative log-likelihood (nats):
 
 from __future__ import annotations
 
-import inspect
 import math
 import re
 from pathlib import Path
@@ -25,7 +24,7 @@ from pydantic import Field, field_validator, model_validator
 from rung.errors import ConfigError
 from rung.evaluation import EvalTaskOptions
 
-from rung_eval.tasks.files import resolve_in, resolve_paths
+from rung_eval.tasks.files import resolve_in, resolve_paths, task_scorer
 
 
 class PerplexityOptions(EvalTaskOptions):
@@ -35,7 +34,10 @@ class PerplexityOptions(EvalTaskOptions):
     data: dict[str, Any] | None = Field(
         None, description="a data source section ({name: files, paths: [...]}); its relative paths are the spec's")
     stride: int | None = Field(
-        None, ge=1, description="tokens between window starts (overlapping windows); null: the scorer's default")
+        None, ge=1, description="tokens predicted per window (windows overlap, so each keeps more context); "
+                                "null: disjoint windows")
+    max_length: int | None = Field(None, ge=2, description="tokens per window; null: the model's context")
+    batch_size: int | None = Field(None, ge=1, description="windows per forward pass; null: the scorer's default")
     limit: int | None = Field(None, ge=1, description="score only the first N texts")
 
     @field_validator("paths", mode="before")
@@ -122,18 +124,11 @@ class PerplexityTask:
         return out
 
     def evaluate(self, backend: Any, model: Any | None = None) -> dict[str, float]:
-        from rung_eval.scoring import scorer_for
-
         texts = self.texts()
-        scorer = scorer_for(backend, model)
-        rolling = scorer.loglikelihood_rolling
-        if self.options.stride is not None:
-            if "stride" not in inspect.signature(rolling).parameters:
-                raise ConfigError(f"task '{self.name}': stride: this backend's scorer scores disjoint windows only; "
-                                  "drop 'stride'")
-            scored = rolling(texts, stride=self.options.stride)
-        else:
-            scored = rolling(texts)
+        opts = self.options
+        scorer = task_scorer(backend, model, self.name, stride=opts.stride, max_length=opts.max_length,
+                             batch_size=opts.batch_size)
+        scored = scorer.loglikelihood_rolling(texts)
         nll = -sum(float(logprob) for logprob, _ in scored)
         tokens = sum(int(count) for _, count in scored)
         nbytes = sum(len(text.encode("utf-8")) for text in texts)
