@@ -111,3 +111,18 @@ def task_scorer(backend: Any, model: Any, task: str, **settings: Any) -> Any:
     if unknown:
         raise ConfigError(f"task '{task}': {', '.join(unknown)}: this scorer has no such setting; drop it")
     return scorer_for(backend, model, **wanted)
+
+
+def build_registered(kind: str, section: Mapping[str, Any], where: str) -> Any:
+    """A registered `kind` (reward_function, data_source) built from `section`, validated by its
+    options; an unknown name or a bad option is one error that says `where`."""
+    from rung.errors import PluginError
+    from rung.plugins import get_plugins
+    from rung.runner import build, validate_section
+
+    plugins = get_plugins()
+    try:
+        options = validate_section(plugins.registry, kind, section, where)
+    except PluginError as exc:  # an unknown name: the registry's message, with where it was asked for
+        raise ConfigError(f"{where}: {exc}") from None
+    return build(plugins, kind, options)

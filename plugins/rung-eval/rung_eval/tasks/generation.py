@@ -25,7 +25,7 @@ from pydantic import Field, field_validator
 from rung.errors import ConfigError
 from rung.evaluation import EvalTaskOptions
 
-from rung_eval.tasks.files import Record, read_records, resolve_paths, task_scorer
+from rung_eval.tasks.files import Record, build_registered, read_records, resolve_paths, task_scorer
 
 REFERENCE_FIELDS = ("reference", "answer", "target", "completion")
 
@@ -108,15 +108,10 @@ class GenerationTask:
         self.rewards = self._reward_functions()
 
     def _reward_functions(self) -> list[tuple[str, Callable[..., float], bool]]:
-        from rung.plugins import get_plugins
-        from rung.runner import build, validate_section
-
-        plugins = get_plugins()
         sections = [{"name": r} if isinstance(r, str) else dict(r) for r in self.options.rewards]
         out = []
         for i, (name, section) in enumerate(zip(metric_names(sections), sections)):
-            options = validate_section(plugins.registry, "reward_function", section, f"task '{self.name}'.rewards[{i}]")
-            fn = build(plugins, "reward_function", options)
+            fn = build_registered("reward_function", section, f"task '{self.name}'.rewards[{i}]")
             out.append((name, fn, takes_prompt(fn)))
         return out
 

@@ -24,7 +24,7 @@ from pydantic import Field, field_validator, model_validator
 from rung.errors import ConfigError
 from rung.evaluation import EvalTaskOptions
 
-from rung_eval.tasks.files import resolve_in, resolve_paths, task_scorer
+from rung_eval.tasks.files import build_registered, resolve_in, resolve_paths, task_scorer
 
 
 class PerplexityOptions(EvalTaskOptions):
@@ -80,9 +80,6 @@ class PerplexityTask:
         self.files = resolve_paths(options.paths, self.base_dir, self.name) if options.paths else []
 
     def _data_source(self) -> Any:
-        from rung.plugins import get_plugins
-        from rung.runner import build, validate_section
-
         section = dict(self.options.data or {})
         for key in ("paths", "path"):  # file paths of the spec's data live beside the spec
             value = section.get(key)
@@ -90,9 +87,7 @@ class PerplexityTask:
                 section[key] = resolve_in(self.base_dir, value)
             elif isinstance(value, list):
                 section[key] = [resolve_in(self.base_dir, v) if isinstance(v, str) else v for v in value]
-        plugins = get_plugins()
-        options = validate_section(plugins.registry, "data_source", section, f"task '{self.name}'.data")
-        return build(plugins, "data_source", options)
+        return build_registered("data_source", section, f"task '{self.name}'.data")
 
     def texts(self) -> list[str]:
         """The texts to score (empty ones left out), at most `limit`."""
