@@ -20,3 +20,4 @@ def rung_register_commands(register):
     register("run", impl="rung.cli.run_cmd:run", summary="Run a config: build backend, data and trainer, then train.")
     register("export", impl="rung.cli.export_cmd:export",
              summary="Write a model or adapter in another format (safetensors, gguf, ...).")
+    register("new-plugin", impl="rung.cli.new_plugin_cmd:new_plugin", summary="Write a plugin package to start from.")
