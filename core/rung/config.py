@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, create_model
 
-from rung.errors import ConfigError
+from rung.errors import ConfigError, excerpt
 from rung.options import Options
 from rung.registry import Registry, unknown_name_message
 from rung.yaml_lines import Path_, load_yaml_with_lines
@@ -261,7 +261,7 @@ def _format_errors(exc: ValidationError, data: Any, model: type[BaseModel], wher
                 shown = error["input"]
                 if _is_secret_path(model, data, path):
                     shown = "**********"
-                message += f" (got {shown!r})"
+                message += f" (got {shown if shown == '**********' else excerpt(shown)})"
         lines.append(f"{where(path)}: {message}")
     if len(exc.errors()) > 10:
         lines.append(f"... and {len(exc.errors()) - 10} more errors")

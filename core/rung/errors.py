@@ -22,3 +22,13 @@ class PluginError(RungError):
     """A plugin could not be found, loaded or used."""
 
     exit_code = 2
+
+
+def excerpt(value: object, limit: int = 60) -> str:
+    """`repr(value)` cut to about `limit` characters, saying how long it was: what an error may
+    quote of a user's value (a megabyte-long string is never echoed whole)."""
+    shown = repr(value)
+    if len(shown) <= limit:
+        return shown
+    size = f"{len(value)} characters" if isinstance(value, str) else f"{len(shown)} characters as text"
+    return f"{shown[:limit]}... ({size})"
