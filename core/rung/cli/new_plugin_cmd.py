@@ -93,8 +93,8 @@ def substitutions(name: str, kind: str) -> dict[str, str]:
         "class_prefix": "".join(part.capitalize() for part in name.split("-")),
         "kind": kind,
         "summary": KINDS[kind].summary.format(name=name),
-        "dependencies": ", ".join(f'"{d}"' for d in ("rung", *KINDS[kind].dependencies)),
-        "rung_version": __version__,
+        # the rung it was written for, or newer: the templates use this version's API
+        "dependencies": ", ".join(f'"{d}"' for d in (f"rung>={__version__}", *KINDS[kind].dependencies)),
     }
 
 
@@ -155,6 +155,6 @@ def new_plugin(name: str, kind: str, output: Path) -> None:
     """
     folder, files = new_plugin_package(name, kind, output)
     click.echo(f"wrote {folder}/ ({KINDS[kind].registry_kind.replace('_', ' ')} '{name}'):")
-    for path in files:
+    for path in sorted(files):
         click.echo(f"  {path.relative_to(folder)}")
     click.echo(f"next: pip install -e {folder}  then  pytest {folder / 'tests'}  and  rung plugins")
