@@ -20,6 +20,8 @@ def format_value(metric: str, value: float | None) -> str:
         return "-"
     if metric in COUNTS:
         return f"{int(value):,}"
+    if abs(value) >= 1e6:  # an untrained model's perplexity
+        return f"{value:.4g}"
     return f"{value:,.1f}" if abs(value) >= 1000 else f"{value:.4f}"
 
 
