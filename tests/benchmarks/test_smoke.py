@@ -21,6 +21,7 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 RATIO_LINES = {
     "api_overhead": r"^openai request latency .* \d+\.\d{3}x$",
     "dpo_vs_trl": r"^rung-torch/trl: steps/s \d+\.\d\dx \(goal >= 1\.5x\)",
+    "eval_vs_harness": r"^rung/harness-hf: tokens/s \d+\.\d\dx \(goal >= 1\.5x\)",
     "grpo_vs_trl": r"^rung-torch/trl: steps/s \d+\.\d\dx \(goal >= 2x\)",
     "hf_generate": r"^ratio rung / direct\s+: \d+\.\d{3}x median",
     "jax_train": r"^jax / torch, each at its default precision \(auto\): \d+\.\d\dx",
