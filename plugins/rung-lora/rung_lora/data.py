@@ -10,7 +10,6 @@ whole, exactly as it is when the model is later asked to generate from it.
 from __future__ import annotations
 
 import glob
-import json
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from rung.errors import ConfigError, RungError
+from rung.jsonl import read_jsonl
 from rung.records import ChatExample, Message
 
 from rung_lora.options import ChatFieldOptions, ChatHFOptions, ChatJsonlOptions
@@ -96,25 +96,19 @@ def _paths(spec: str | list[str]) -> list[Path]:
 def jsonl_records(spec: str | list[str], limit: int | None = None) -> Iterator[tuple[Any, str]]:
     """Each record of the JSONL files `spec` names (a path, a glob, or a list of them) with
     where it is (`file:line`), at most `limit`; blank lines are skipped, a line that is not
-    JSON is a ConfigError naming its file and line. Every JSONL data source reads this way."""
+    JSON, not UTF-8 or too long is a ConfigError naming its file and line (`rung.jsonl`). Every
+    JSONL data source reads this way."""
     count = 0
     try:
         paths = _paths(spec)
     except RungError as exc:
         raise ConfigError(str(exc)) from None
     for path in paths:
-        with path.open("r", encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ConfigError(f"{path}:{number}: not valid JSON ({exc.msg}, column {exc.colno})") from None
-                yield record, f"{path}:{number}"
-                count += 1
-                if limit and count >= limit:
-                    return
+        for record, where in read_jsonl(path):
+            yield record, where
+            count += 1
+            if limit and count >= limit:
+                return
 
 
 def dataset_records(opts: Any, source: str, extra: str) -> Iterator[tuple[Any, str]]:

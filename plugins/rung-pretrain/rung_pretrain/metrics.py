@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,23 +23,12 @@ class RecordingRun:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The records of a metrics.jsonl, as the latest history: a restart or a resume that went
-    back in steps replaces the records from that step on."""
-    records: list[dict[str, Any]] = []
-    last_step = -1
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        step = record.get("step")
-        if not isinstance(step, int):
-            continue
-        if step < last_step:
-            records = [r for r in records if r["step"] < step]
-        records.append(record)
-        last_step = step
-    return records
+    """The records of a metrics.jsonl, as the latest history (`rung.jsonl.latest_history`): a
+    restart or a resume that went back in steps replaces the records from that step on; a damaged line
+    is left out (this feeds the plot a run draws at its end)."""
+    from rung.jsonl import latest_history, read_jsonl
+
+    return latest_history(record for record, _ in read_jsonl(path, skip_partial_last=True, skip_invalid=True))
 
 
 def metrics_file(run: Any) -> Path | None:
