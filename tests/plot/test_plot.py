@@ -174,7 +174,7 @@ def test_bad_input_is_one_line(case, runs, tmp_path, capsys):
     args, expected = {
         "missing": ([str(tmp_path / "nope")], f"{tmp_path / 'nope'}: no such run folder or metrics file"),
         "no_metrics": ([str(tmp_path)], f"{tmp_path}: no metrics.jsonl in this folder"),
-        "corrupt": ([str(a)], f"{a / 'metrics.jsonl'}:3: not a JSON line"),
+        "corrupt": ([str(a)], f"{a / 'metrics.jsonl'}:3: not valid JSON"),
         "no_step": ([str(a)], f"{a / 'metrics.jsonl'}:3: no integer 'step' in this record"),
         "unknown": ([str(a), "-m", "loss,val_los"], "no run logs metric 'val_los' (did you mean 'val_loss'?)"),
         "text": ([str(a), "-m", "sample_0"], "metric 'sample_0' is text in every run"),

@@ -13,7 +13,6 @@ except the last line when it has no newline yet: a record the run is still writi
 from __future__ import annotations
 
 import bisect
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,30 +127,18 @@ def _configured_metrics_file(folder: Path) -> str:
 
 
 def read_history(run: str | Path) -> RunHistory:
-    """The latest history of RUN (a run folder or a metrics file); bad lines are errors at file:line."""
+    """The latest history of RUN (a run folder or a metrics file), each step once
+    (`rung.jsonl.latest_history`); bad lines are errors at file:line (`rung.jsonl.read_jsonl`),
+    and a last line still being written is left for the next plot."""
+    from rung.jsonl import latest_history, read_jsonl
+
     folder, path = metrics_path(run)
-    text = path.read_text(encoding="utf-8", errors="replace")
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()  # the text ended with a newline
-    elif lines:
-        lines.pop()  # the last record is still being written: leave it for the next plot
     records: list[dict[str, Any]] = []
-    last_step = -1
-    for number_, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError as exc:
-            raise RungError(f"{path}:{number_}: not a JSON line ({exc.msg})") from None
+    for record, where in read_jsonl(path, skip_partial_last=True):
         if not isinstance(record, dict):
-            raise RungError(f"{path}:{number_}: not a JSON object of metrics")
+            raise RungError(f"{where}: not a JSON object of metrics")
         step = record.get("step")
         if not isinstance(step, int) or isinstance(step, bool):
-            raise RungError(f"{path}:{number_}: no integer 'step' in this record")
-        if step < last_step:  # restarted or resumed from an earlier step: the new records replace the old
-            records = [r for r in records if r["step"] < step]
+            raise RungError(f"{where}: no integer 'step' in this record")
         records.append(record)
-        last_step = step
-    return RunHistory(folder=folder, path=path, records=records)
+    return RunHistory(folder=folder, path=path, records=latest_history(records))
