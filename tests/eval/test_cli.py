@@ -96,7 +96,6 @@ def test_config_backend_limit_and_json_on_stdout(workspace):
     assert "accuracy_norm" in proc.stderr
 
 
-@pytest.mark.slow  # lm-eval indexes its own task folders first
 def test_harness_tasks_beside_rungs_own(workspace, tmp_path):
     """A harness multiple-choice task over the same local file: the harness's acc through rung's
     adapter equals rung's own task's accuracy on the same model."""

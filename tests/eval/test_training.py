@@ -3,7 +3,7 @@
 A tiny `pretrain` run logs bits per byte of held-out text beside its loss (falling as it
 learns) and writes eval.json, whose figures the saved model gives again through the task;
 a tiny `sft` run logs the accuracy of a multiple-choice task on what it learns, well above
-chance.
+chance, and the exact match of what it generates.
 """
 
 from __future__ import annotations
@@ -95,6 +95,10 @@ def test_sft_logs_multiple_choice_accuracy(tmp_path):
     (tmp_path / "mc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     spec = {"kind": "multiple_choice", "name": "words", "path": str(tmp_path / "mc.jsonl"), "template": CHATML,
             "choice_prefix": ""}
+    (tmp_path / "gen.jsonl").write_text("".join(json.dumps({"question": q, "reference": a}) + "\n"
+                                                for q, a in zip(questions, ANSWERS)), encoding="utf-8")
+    generation = {"kind": "generation", "name": "answers", "path": str(tmp_path / "gen.jsonl"), "template": CHATML,
+                  "stop": ["<|im_end|>"], "max_tokens": 16, "rewards": ["exact_match"]}
     run_dir = tmp_path / "run"
     rung.run(rung.make_config({
         "output_dir": str(run_dir),
@@ -102,15 +106,17 @@ def test_sft_logs_multiple_choice_accuracy(tmp_path):
         "backend": {"name": "torch", "model": "test", "device": "cpu", "precision": "fp32"},
         "tokenizer": {"name": "byte"},
         "data": {"name": "chat_jsonl", "path": str(tmp_path / "train.jsonl")},
-        "trainer": {"name": "sft", "steps": 100, "batch_size": 16, "learning_rate": 1e-2, "warmup_steps": 3,
-                    "log_every": 50, "eval_every": 50, "resume": "never", "eval_tasks": [spec]},
+        "trainer": {"name": "sft", "steps": 160, "batch_size": 16, "learning_rate": 1e-2, "warmup_steps": 3,
+                    "log_every": 80, "eval_every": 80, "resume": "never", "eval_tasks": [spec, generation]},
         "logging": {"sinks": [{"name": "jsonl"}]},
     }))
 
     logged = {r["step"]: r for r in records(run_dir) if "words/accuracy" in r}
-    assert sorted(logged) == [50, 100]
+    assert sorted(logged) == [80, 160]
     assert all(logged[s]["words/count"] == len(ANSWERS) for s in logged)
-    final = logged[100]
+    final = logged[160]
     assert final["words/accuracy"] >= 0.75, final  # chance: 0.25
+    assert final["answers/exact_match"] >= 0.5, final  # generated with the weights being trained
+    assert logged[80]["answers/count"] == len(ANSWERS)
     assert json.loads((run_dir / "eval.json").read_text(encoding="utf-8"))["words"]["accuracy"] == \
         final["words/accuracy"]
