@@ -127,14 +127,23 @@ def run_config(config: Any, plugins: Plugins | None = None) -> TrainResult:
     """Run a validated config: build the trainer and let it train."""
     if config.trainer is None:
         raise ConfigError("the config has no 'trainer' section: nothing to run")
+    import contextlib
+    import os
+
+    from rung.folder_lock import owned
+
     random.seed(config.seed)
     the_run = Run(config, plugins)
+    # Rank 0 owns the folder for every rank of a distributed run (torchrun sets RANK).
+    main = os.environ.get("RANK", "0") == "0"
     the_run.output_dir.mkdir(parents=True, exist_ok=True)
-    (the_run.output_dir / "config.yaml").write_text(config_to_yaml(config), encoding="utf-8")
-    trainer = build(the_run.plugins, "trainer", config.trainer)
-    try:
-        result = trainer.train(the_run)
-        the_run.plugins.hook.rung_on_train_end(run=the_run, result=result)
-    finally:
-        the_run.close()
+    with owned(the_run.output_dir) if main else contextlib.nullcontext():
+        if main:
+            (the_run.output_dir / "config.yaml").write_text(config_to_yaml(config), encoding="utf-8")
+        trainer = build(the_run.plugins, "trainer", config.trainer)
+        try:
+            result = trainer.train(the_run)
+            the_run.plugins.hook.rung_on_train_end(run=the_run, result=result)
+        finally:
+            the_run.close()
     return result
