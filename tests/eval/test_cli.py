@@ -83,17 +83,20 @@ def test_two_models_side_by_side_in_the_table_json_and_run_folder(workspace, eva
     assert "results.json" in proc.stderr
 
 
-def test_config_backend_limit_and_json_on_stdout(workspace):
-    folder, first, _ = workspace
-    (folder / "run.yaml").write_text(f"backend: {{name: torch, model: {first}, device: cpu, precision: fp32}}\n",
-                                     encoding="utf-8")
-    proc = rung_cli("eval", "-c", "run.yaml", "tasks/mc.yaml", "tasks/ppl.yaml", "--limit", "2", "--json", "-",
-                    cwd=folder)
+def test_config_backends_limit_and_json_on_stdout(workspace):
+    """Each run config's backend section is a column, named by its model; --limit; JSON alone on stdout."""
+    folder, first, second = workspace
+    (folder / "a.yaml").write_text(f"backend: {{name: torch, model: {first}, device: cpu, precision: fp32}}\n",
+                                   encoding="utf-8")
+    (folder / "b.yaml").write_text(f"backend: {{name: torch, model: {second}, device: cpu}}\n", encoding="utf-8")
+    proc = rung_cli("eval", "-c", "a.yaml", "-c", "b.yaml", "tasks/mc.yaml", "tasks/ppl.yaml", "--limit", "2",
+                    "--json", "-", cwd=folder)
     out = json.loads(proc.stdout)  # stdout holds only the JSON; the table goes to stderr
-    assert out["models"] == [{"label": first, "backend": "torch", "model": first}]
-    assert out["results"]["mc"][first]["count"] == 2
-    assert out["results"]["held"][first]["bytes"] == len(("\n".join(CORPUS) * 2).encode("utf-8"))  # one text
-    assert "accuracy_norm" in proc.stderr
+    assert out["models"] == [{"label": first, "backend": "torch", "model": first},
+                             {"label": second, "backend": "torch", "model": second}]
+    assert out["results"]["mc"][first]["count"] == out["results"]["mc"][second]["count"] == 2
+    assert out["results"]["held"][first]["bytes"] == len(("\n".join(CORPUS) * 2).encode("utf-8"))  # the file
+    assert "accuracy_norm" in proc.stderr and second in proc.stderr
 
 
 def test_harness_tasks_beside_rungs_own(workspace, tmp_path):

@@ -74,14 +74,12 @@ def columns(plugins: Any, backend: str | None, models: Sequence[str], configs: S
             chosen = getattr(section, "model", None)
             label = model or (str(chosen) if chosen else Path(config).stem if config else name)
             out.append(Column(label, name, None if chosen is None else str(chosen), section))
-    seen: dict[str, int] = {}
-    for column in out:  # the same label twice (one model on two backends): say which is which
-        seen[column.label] = seen.get(column.label, 0) + 1
-    for column in out:
-        if seen[column.label] > 1:
+    labels = [c.label for c in out]
+    for column in out:  # one model on two backends: say which is which
+        if labels.count(column.label) > 1:
             column.label = f"{column.label} ({column.backend})"
     labels = [c.label for c in out]
-    for i, column in enumerate(out):
+    for i, column in enumerate(out):  # still the same (a model listed twice): number them
         if labels.count(column.label) > 1:
             column.label = f"{column.label} #{labels[:i + 1].count(column.label)}"
     return out
