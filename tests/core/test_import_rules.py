@@ -57,8 +57,8 @@ LAYERS = {
     "core": ({"rung"}, set()),
     "providers": ({"rung-openai", "rung-anthropic", "rung-tokenizers", "rung-tensorboard", "rung-wandb"}, {"core"}),
     "frameworks": ({"rung-torch", "rung-jax", "rung-hf"}, {"core", "providers"}),
-    "trainers": ({"rung-lora", "rung-pretrain", "rung-rlhf"}, {"core", "providers"}),
-    "cli": ({"rung-prompt", "rung-serve", "rung-eval", "rung-gguf", "rung-plot"},
+    "trainers": ({"rung-lora", "rung-pretrain", "rung-rlhf", "rung-eval"}, {"core", "providers"}),
+    "cli": ({"rung-prompt", "rung-serve", "rung-gguf", "rung-plot"},
             {"core", "providers", "frameworks", "trainers"}),
 }
 SIDEWAYS = {
