@@ -61,3 +61,35 @@ def test_rung_tokenizer_itself_agrees(rung_model, tmp_path):
 def test_transformers_llama(hf_llama, tmp_path, outtype):
     written = export("gguf", hf_llama, tmp_path / f"llama-{outtype}.gguf", {"outtype": outtype})
     compare(hf_llama, written, outtype)
+
+
+def test_llama3_split_is_named_llama_bpe_and_tokenizes_alike(hf_llama, tmp_path):
+    """Llama 3's split regex is written as pre-tokenizer `llama-bpe`; a regex llama.cpp has no name for is refused."""
+    import json
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from rung.errors import ConfigError
+    from rung_gguf.vocab import LLAMA3_REGEX
+
+    folder = tmp_path / "llama3-split"
+    shutil.copytree(hf_llama, folder)
+    spec = json.loads((folder / "tokenizer.json").read_text())
+    split = {"type": "Split", "pattern": {"Regex": LLAMA3_REGEX}, "behavior": "Isolated", "invert": False}
+    spec["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        split, {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
+    (folder / "tokenizer.json").write_text(json.dumps(spec))
+    written = export("gguf", folder, tmp_path / "out" / "l3.gguf")
+    from gguf import GGUFReader
+
+    assert GGUFReader(str(written)).fields["tokenizer.ggml.pre"].contents() == "llama-bpe"
+    original = AutoTokenizer.from_pretrained(str(folder))
+    _, encode = gguf_model(written)
+    fuzz = [t for t in FUZZ if "<|endoftext|>" not in t]  # see compare()
+    assert [encode(t) for t in fuzz] == [original(t).input_ids for t in fuzz]
+
+    split["pattern"]["Regex"] = r"\p{L}+|\s+"
+    (folder / "tokenizer.json").write_text(json.dumps(spec))
+    with pytest.raises(ConfigError, match="pre-tokenizer .Split . ByteLevel. is not one llama.cpp knows"):
+        export("gguf", folder, tmp_path / "out2" / "x.gguf")
