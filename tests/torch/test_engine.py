@@ -141,3 +141,42 @@ def test_optimizer_state_round_trips_without_pickle():
     for key, entry in original["state"].items():
         for name, value in entry.items():
             torch.testing.assert_close(back["state"][key][name], value)
+
+
+def test_a_checkpoint_changed_at_the_same_size_is_skipped_and_said(tmp_path, capsys):
+    """Damage that looks complete: a file overwritten in place at its own size passes the size
+    check; its SHA-256 does not, so resume takes the previous checkpoint and says why."""
+    _, _, straight = fit(tmp_path, steps=8, save_every=2, keep_checkpoints=3)
+    root = tmp_path / "run/checkpoints"
+    newest = root / "step-00000008"
+    model_file = newest / "model.safetensors"
+    data = bytearray(model_file.read_bytes())
+    data[-8:] = bytes(8)  # the last weights' bytes zeroed: same size, a readable file
+    model_file.write_bytes(bytes(data))
+    (root / "latest").write_bytes(b"\xff\xfe\x00 binary")  # a pointer that is not text is only a hint
+    assert ckpt.is_complete(newest)  # the sizes alone are fooled
+    assert "SHA-256 differs" in ckpt.verify(newest)
+    capsys.readouterr()
+    _, result, resumed = fit(tmp_path, steps=8, save_every=2, keep_checkpoints=3, resume="auto")
+    out = "".join(capsys.readouterr().err.split())  # the console writes to stderr, wrapped at any column
+    assert "".join(f"skipping damaged checkpoint {newest}: model.safetensors has changed".split()) in out
+    assert "resumingfrom" in out and "step-00000006(step6)" in out
+    assert result.steps == 8 and resumed[8]["loss"] == straight[8]["loss"]
+
+
+def test_when_every_checkpoint_is_damaged_resume_is_an_error_that_keeps_them(tmp_path):
+    fit(tmp_path, steps=4, save_every=2, keep_checkpoints=2)
+    root = tmp_path / "run/checkpoints"
+    for folder in root.glob("step-*"):
+        path = folder / "optimizer.safetensors"
+        data = bytearray(path.read_bytes())
+        data[-1] ^= 0xFF
+        path.write_bytes(bytes(data))
+    with pytest.raises(RungError, match=r"every checkpoint in .* is damaged \(step-00000004: optimizer.safetensors "
+                                        r"has changed.*step-00000002: .*\); they are kept"):
+        fit(tmp_path, steps=6, save_every=2, resume="auto")
+    assert sorted(p.name for p in root.glob("step-*")) == ["step-00000002", "step-00000004"]
+    with pytest.raises(RungError, match="checkpoint .*step-00000002 is damaged: optimizer.safetensors"):
+        fit(tmp_path, "explicit", steps=6, resume=str(root / "step-00000002"))
+    _, fresh, _ = fit(tmp_path, steps=2, resume="never")  # told to start over
+    assert fresh.steps == 2

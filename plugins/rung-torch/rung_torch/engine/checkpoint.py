@@ -14,8 +14,10 @@ Layout under `run.output_dir/checkpoints/`:
 A checkpoint is written into `.tmp-step-...` beside its final place, every file fsynced,
 then renamed into place (atomic on POSIX), then `latest` is replaced atomically. A kill
 during a save leaves at worst a temp folder that resume ignores and the next save deletes.
-`state.json` is written last and lists every file with its size: a folder is "complete"
-only when it parses and every file has that size.
+`state.json` is written last and lists every file with its size and SHA-256: a folder is
+"complete" when it parses and every file has that size, and resume takes the newest complete
+one whose files still have their SHA-256 (`rung.checkpoint_files`), saying which newer ones
+it skipped and why; when all are damaged, resume is an error naming them.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any
 
 import torch
 
+from rung.checkpoint_files import damage, digests, pick
 from rung.errors import RungError
 
 FORMAT = "rung-torch-checkpoint/1"
@@ -211,7 +214,8 @@ class CheckpointDir:
             save_file(unshare(group), str(path), metadata={"format": FORMAT})
             _fsync_file(path)
             files[path.name] = path.stat().st_size
-        body = {"format": FORMAT, "step": step, "files": files, **state}
+        sha256 = {name: entry["sha256"] for name, entry in digests(tmp, files).items()}
+        body = {"format": FORMAT, "step": step, "files": files, "sha256": sha256, **state}
         with open(tmp / STATE_FILE, "w", encoding="utf-8") as f:
             json.dump(body, f, indent=1)
             f.flush()
@@ -254,20 +258,16 @@ class CheckpointDir:
         return [path for _, path in sorted(found, reverse=True)]
 
     def latest(self) -> Path | None:
-        """The newest complete checkpoint: `latest` when it points at one, else a scan."""
-        pointer = self.root / LATEST
-        try:
-            name = pointer.read_text(encoding="utf-8").strip()
-        except OSError:
-            name = ""
-        candidates = self.complete_steps()
-        if name and _STEP_DIR.match(name) and is_complete(self.root / name):
-            chosen = self.root / name
-            # A newer complete one can exist if a kill came between rename and pointer update.
-            if candidates and step_of(candidates[0]) > step_of(chosen):
-                return candidates[0]
-            return chosen
-        return candidates[0] if candidates else None
+        """The newest complete checkpoint whose files are intact (`verify`); damaged newer ones
+        are skipped with a line each, and when every one is damaged it is an error naming them.
+
+        The `latest` pointer is only a hint: a newer complete folder exists when a kill came
+        between its rename and the pointer's update, so the scan decides.
+        """
+        candidates = sorted(
+            (p for p in self.root.iterdir() if _STEP_DIR.match(p.name) and p.is_dir() and (p / STATE_FILE).exists()),
+            key=step_of, reverse=True) if self.root.is_dir() else []
+        return pick(candidates, verify, self.root)
 
 
 def step_of(path: Path) -> int:
@@ -278,6 +278,22 @@ def step_of(path: Path) -> int:
 def read_state(path: str | Path) -> dict[str, Any]:
     with open(Path(path) / STATE_FILE, encoding="utf-8") as f:
         return json.load(f)
+
+
+def verify(path: str | Path) -> str | None:
+    """What is wrong with the checkpoint at `path` (unreadable state, a missing file, a size or a
+    SHA-256 that differs from what was written), or None when it is intact."""
+    path = Path(path)
+    try:
+        state = json.loads((path / STATE_FILE).read_bytes().decode("utf-8"))
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            return f"{STATE_FILE} is not a {FORMAT} state"
+        files, sums = state["files"], state.get("sha256") or {}
+        expected = {name: {"size": size, **({"sha256": sums[name]} if name in sums else {})}
+                    for name, size in files.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return f"its {STATE_FILE} is missing or unreadable"
+    return damage(path, expected)
 
 
 def is_complete(path: str | Path) -> bool:
@@ -312,8 +328,9 @@ def find_checkpoint(resume: str, default_root: Path) -> Path | None:
         return CheckpointDir(default_root).latest()
     path = Path(resume).expanduser()
     if (path / STATE_FILE).exists():
-        if not is_complete(path):
-            raise RungError(f"trainer.resume: checkpoint {path} is incomplete or unreadable")
+        problem = verify(path)
+        if problem is not None:
+            raise RungError(f"trainer.resume: checkpoint {path} is damaged: {problem}")
         return path
     for root in (path, path / "checkpoints"):
         found = CheckpointDir(root).latest() if root.is_dir() else None
