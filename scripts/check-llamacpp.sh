@@ -112,6 +112,7 @@ for prompt in prompts:
     same_greedy += a == b
     rows.append({"prompt": prompt, "rung": a, "llama_cpp": b, "same": a == b,
                  "rung_text": tokenizer.decode(a), "llama_cpp_text": llm.detokenize(b).decode("utf-8", "replace")})
+llm.close()  # now, not in a finalizer at interpreter exit (llama-cpp-python's raises there)
 (work / "llamacpp-check.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False), encoding="utf-8")
 for row in rows:
     if not row["same"]:
