@@ -58,9 +58,10 @@ def damage(folder: str | Path, expected: Mapping[str, Mapping[str, int | str]]) 
 def write_manifest(folder: str | Path) -> None:
     """Record the digests of every file under `folder` in its MANIFEST, atomically."""
     folder = Path(folder)
+    files = digests(folder)  # before the temporary file exists
     tmp = folder / f".{MANIFEST}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump({"files": digests(folder)}, handle, indent=1)
+        json.dump({"files": files}, handle, indent=1)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, folder / MANIFEST)

@@ -149,6 +149,39 @@ def test_a_stopped_run_resumes_bit_exactly(framework, tmp_path):
         np.testing.assert_array_equal(value, expected[name], err_msg=name)
 
 
+def _damage_in_place(folder: Path) -> str:
+    """Flip the last byte of the checkpoint's largest file: same size, still a file, other bytes."""
+    target = max((p for p in folder.rglob("*") if p.is_file() and not p.name.endswith(".json")),
+                 key=lambda p: p.stat().st_size)
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 0xFF
+    target.write_bytes(bytes(data))
+    return target.relative_to(folder).as_posix()
+
+
+def test_a_damaged_checkpoint_is_skipped_and_said_and_all_damaged_is_an_error(framework, tmp_path, capsys):
+    fw = framework
+    common = dict(steps=4, save_every=2, batch_size=4)
+    _, whole, straight = fit(fw, tmp_path, "whole", **common)
+    with pytest.raises(Interrupted):
+        fit(fw, tmp_path, "stopped", stream=Tokens(8, stop_at=4), steps=6, save_every=2, batch_size=4)
+    root = tmp_path / "stopped" / "checkpoints"
+    newest = root / fw.checkpoint_name(4)
+    changed = _damage_in_place(newest)
+    capsys.readouterr()
+    _, result, resumed = fit(fw, tmp_path, "stopped", **{**common, "resume": "auto"})
+    said = "".join(capsys.readouterr().err.split())
+    assert "".join(f"skipping damaged checkpoint {newest}: {changed} has changed".split()) in said
+    assert sorted(resumed.logs) == [3, 4]  # from the step-2 checkpoint
+    assert resumed.logs[4]["loss"] == straight.logs[4]["loss"] and result.final_loss == whole.final_loss
+
+    for folder in root.iterdir():
+        if folder.name in {fw.checkpoint_name(s) for s in range(10)}:
+            _damage_in_place(folder)
+    with pytest.raises(RungError, match=r"every checkpoint in .* is damaged .*they are kept"):
+        fit(fw, tmp_path, "stopped", **{**common, "steps": 6, "resume": "auto"})
+
+
 # ---------------------------------------------------------------------- stops
 
 

@@ -279,24 +279,35 @@ class _JaxSteps:
             state=ocp.args.StandardSave({"params": self.params, "opt_state": self.opt_state}),
             meta=ocp.args.JsonSave(meta)))
         manager.wait_until_finished()
+        if jax.process_index() == 0:  # every file's SHA-256, checked before a resume trusts it
+            from rung.checkpoint_files import write_manifest
+
+            write_manifest(self.root / str(step))
         return self.root / str(step)
 
     def find(self, resume: str) -> tuple[Path, int] | None:
         """The checkpoint `resume` names: (manager root, step), or None."""
         if resume == "never":
             return None
+        from rung.checkpoint_files import manifest_damage, pick
+
         if resume == "auto":
             if not self.root.is_dir():
                 return None
-            step = self.manager().latest_step()
-            return (self.root, step) if step is not None else None
+            steps = sorted(self.manager().all_steps(), reverse=True)
+            chosen = pick([self.root / str(s) for s in steps], manifest_damage, self.root)
+            return (self.root, int(chosen.name)) if chosen is not None else None
         path = Path(resume).absolute()
         if path.name.isdigit() and (path / "meta").exists():
+            problem = manifest_damage(path)
+            if problem is not None:
+                raise RungError(f"trainer.resume: checkpoint {path} is damaged: {problem}")
             return path.parent, int(path.name)
         if path.is_dir():
-            step = self.manager(path).latest_step()
-            if step is not None:
-                return path, step
+            steps = sorted(self.manager(path).all_steps(), reverse=True)
+            chosen = pick([path / str(s) for s in steps], manifest_damage, path)
+            if chosen is not None:
+                return path, int(chosen.name)
         raise RungError(f"trainer.resume: no rung-jax checkpoint at {resume}")
 
     def resume(self, resume: str) -> Resumed | None:
