@@ -40,3 +40,9 @@ class OpenAIOptions(HostedOptions):
                                                  "(stream_options.include_usage); turn off for servers that reject it")
     extra_body: dict[str, Any] = Field(default_factory=dict,
                                        description="extra JSON fields sent with every request (e.g. top_k for vLLM)")
+    tokenizer: str | None = Field(None, description="folder holding the served model's tokenizer (e.g. the model "
+                                                    "folder `rung serve` serves): token-id prompts and scoring "
+                                                    "(rung eval's log-likelihood tasks)")
+    context_length: int | None = Field(None, ge=2, description="the served model's context in tokens (scoring "
+                                                               "windows); default: the tokenizer folder's "
+                                                               "config.json")
