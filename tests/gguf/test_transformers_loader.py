@@ -93,3 +93,36 @@ def test_llama3_split_is_named_llama_bpe_and_tokenizes_alike(hf_llama, tmp_path)
     (folder / "tokenizer.json").write_text(json.dumps(spec))
     with pytest.raises(ConfigError, match="pre-tokenizer .Split . ByteLevel. is not one llama.cpp knows"):
         export("gguf", folder, tmp_path / "out2" / "x.gguf")
+
+
+def test_a_byte_vocabulary_without_merges(tmp_path):
+    """rung's `byte` tokenizer (what the ladder and many examples train with) has no merges: the file
+    still carries the (empty) merges key llama.cpp requires, and reads back alike."""
+    import rung
+
+    folder = tmp_path / "byte-model"
+    tokenizer = rung.tokenizer("byte", chat_template="rung")
+    backend = rung.backend("torch", tokenizer=tokenizer, model="test", device="cpu", precision="fp32",
+                           architecture={"init_std": 0.3})
+    backend.save(folder)
+    written = export("gguf", folder, tmp_path / "byte.gguf", {"outtype": "f32"})
+    assert not written.with_name(written.name + ".partial").exists()
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(written)).fields
+    assert "tokenizer.ggml.merges" in fields and len(fields["tokenizer.ggml.merges"].data) == 0
+    compare(folder, written, "f32")
+
+
+def test_a_failed_write_leaves_no_partial_file(rung_model, tmp_path, monkeypatch):
+    import gguf
+
+    def broken(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", broken)
+    from rung.errors import RungError
+
+    with pytest.raises(RungError, match=r"full.gguf: cannot write the GGUF file \(No space left on device\)"):
+        export("gguf", rung_model, tmp_path / "full.gguf")
+    assert list(tmp_path.iterdir()) == []

@@ -59,20 +59,42 @@ def write_gguf(source: Path, target: Path, options: GGUFOptions, name: str) -> P
 
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".partial")
-    writer = GGUFWriter(str(partial), arch="llama")
-    _write_hyperparameters(writer, shape, name, options.outtype, file_type(options.outtype))
-    vocab.write(writer)
-    for tensor_name, array in tensors:
-        data, kind = encoded(array, options.outtype)
-        writer.add_tensor(tensor_name, data, raw_dtype=kind)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    partial.replace(target)
+    try:
+        writer = _writer_class(GGUFWriter)(str(partial), arch="llama")
+        _write_hyperparameters(writer, shape, name, options.outtype, file_type(options.outtype))
+        vocab.write(writer)
+        for tensor_name, array in tensors:
+            data, kind = encoded(array, options.outtype)
+            writer.add_tensor(tensor_name, data, raw_dtype=kind)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        partial.replace(target)
+    except OSError as exc:  # a full disk, a folder that is not writable: one line, nothing left behind
+        from rung.errors import RungError
+
+        raise RungError(f"{target}: cannot write the GGUF file ({exc.strerror or exc})") from None
+    finally:
+        partial.unlink(missing_ok=True)  # a failed write leaves nothing that looks like a model
     if options.modelfile:
         (target.parent / "Modelfile").write_text(modelfile_text(target, vocab, found), encoding="utf-8")
     return target
+
+
+def _writer_class(base: type) -> type:
+    """gguf's writer, but an empty array is written as one (GGUF allows it, the writer refuses
+    it): a byte vocabulary has no merges, and llama.cpp requires the merges key for `gpt2`."""
+    from gguf import GGUFValueType
+
+    class Writer(base):
+        def _pack_val(self, val, vtype, add_vtype, sub_type=None):
+            if vtype == GGUFValueType.ARRAY and isinstance(val, (list, tuple)) and not val:
+                head = self._pack("I", vtype) if add_vtype else b""
+                return head + self._pack("I", sub_type or GGUFValueType.STRING) + self._pack("Q", 0)
+            return super()._pack_val(val, vtype, add_vtype, sub_type)
+
+    return Writer
 
 
 def _write_hyperparameters(writer, shape: LlamaShape, name: str, outtype: str, ftype: int) -> None:
