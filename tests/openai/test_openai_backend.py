@@ -218,16 +218,19 @@ def test_a_base_url_without_v1_gets_a_hint(server):
     assert info.value.kind == "not_found"
 
 
-def test_raw_continuation_is_refused_before_anything_is_sent(server):
+def test_raw_continuation_never_goes_out_as_a_chat_turn(server):
+    """Raw text goes to the completions endpoint (rung serve, vLLM, llama.cpp have one); a server
+    without it refuses, and the backend says so in one line: nothing is disguised as a user turn."""
     backend = make(server)
     raw = GenerationRequest(prompt="def fibonacci(n):", raw=True)
     sent = len(server.requests)
     for call in (lambda: backend.generate(raw), lambda: list(backend.stream(raw)),
                  lambda: asyncio.run(backend.agenerate(raw)), lambda: backend.generate_batch([raw])):
-        with pytest.raises(APIError, match=r"^openai: raw continuation \(--raw\) needs a local backend") as info:
+        with pytest.raises(APIError, match=r"^openai: raw continuation \(--raw\) needs a local backend or a server "
+                                           r"with the completions endpoint") as info:
             call()
         assert info.value.kind == "unsupported" and isinstance(info.value, NotImplementedError)
-    assert len(server.requests) == sent
+    assert all(r.path.endswith("/v1/completions") for r in server.requests[sent:])
 
 
 def test_the_backend_needs_only_the_core_not_the_prompt_commands():
