@@ -149,7 +149,11 @@ def make_config(
 
 
 def apply_override(data: dict[str, Any], item: str) -> Path_:
-    """Set `a.b.c=value` in `data` (value parsed as YAML); return the path it set."""
+    """Set `a.b.c=value` in `data` (value parsed as YAML); return the path it set.
+
+    A section on the way that is missing is made; a list is stepped into by index, and an index
+    past its end, or a key where a list needs an index, is said as such (not "is not a section").
+    A value in the way is named by its type only: it may be a secret."""
     import yaml
 
     key, sep, raw = item.partition("=")
@@ -162,21 +166,34 @@ def apply_override(data: dict[str, Any], item: str) -> Path_:
         value = raw
     node: Any = data
     for depth, part in enumerate(parts[:-1]):
-        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
+        where = ".".join(parts[:depth])
+        if isinstance(node, list):
+            node = node[_list_index(node, part, where, item)]
             continue
         if not isinstance(node, dict):
-            raise ConfigError(f"override '{item}': {'.'.join(parts[:depth])} is not a section")
+            raise ConfigError(f"override '{item}': {where} is not a section (it is a {type(node).__name__} value)")
         node = node.setdefault(part, {})
         if node is None:
             node = data_at(data, parts[:depth])[part] = {}
-    if isinstance(node, list) and parts[-1].isdigit() and int(parts[-1]) < len(node):
-        node[int(parts[-1])] = value
+    where = ".".join(parts[:-1])
+    if isinstance(node, list):
+        node[_list_index(node, parts[-1], where, item)] = value
     elif isinstance(node, dict):
         node[parts[-1]] = value
     else:
-        raise ConfigError(f"override '{item}': {'.'.join(parts[:-1])} is not a section")
+        raise ConfigError(f"override '{item}': {where} is not a section (it is a {type(node).__name__} value)")
     return tuple(int(p) if p.isdigit() else p for p in parts)
+
+
+def _list_index(items: list[Any], part: str, where: str, item: str) -> int:
+    """`part` as an index into the list at `where`, or a ConfigError saying why it is not one."""
+    span = f"0 to {len(items) - 1}" if items else "none: the list is empty"
+    if not part.isdigit():
+        raise ConfigError(f"override '{item}': {where} is a list; '{part}' is not an index (indexes: {span})")
+    if int(part) >= len(items):
+        count = f"{len(items)} item{'' if len(items) == 1 else 's'}"
+        raise ConfigError(f"override '{item}': {where} has {count}; index {part} is out of range (indexes: {span})")
+    return int(part)
 
 
 def data_at(data: Any, parts: Sequence[str | int]) -> Any:

@@ -8,6 +8,7 @@ hub id is looked up in the local cache only, and a model that is not there is on
 from __future__ import annotations
 
 import os
+import re
 import socket
 import threading
 from dataclasses import dataclass
@@ -120,9 +121,17 @@ def cached_snapshot(repo_id: str, revision: str | None, marker: str) -> str | No
     return None
 
 
-def one_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
+def one_line(exc: BaseException, limit: int = 600) -> str:
+    """The whole of an exception's text on one line: transformers and huggingface_hub put the
+    cause on the lines after a heading ("Validation error for field 'hidden_size':" then
+    "TypeError: ... got str"), so every line is kept; only a huge text is cut, and says so."""
+    flat = " ".join(str(exc).split()) or type(exc).__name__
+    return flat if len(flat) <= limit else f"{flat[:limit]}... ({len(flat)} characters)"
+
+
+def _is_config_error(exc: BaseException) -> bool:
+    """Whether transformers refused a value of config.json (huggingface_hub's strict dataclasses)."""
+    return any(cls.__name__ == "StrictDataclassError" for cls in type(exc).__mro__)
 
 
 def load_error(what: str, source: Source, field: str, exc: BaseException) -> RungError:
@@ -142,6 +151,8 @@ def load_error(what: str, source: Source, field: str, exc: BaseException) -> Run
         )
     if name == "RevisionNotFoundError":
         return RungError(f"{what} '{source.name}': revision not found on the hub ({one_line(exc)})")
+    if source.local and Path(source.path).is_dir() and _is_config_error(exc):
+        return ConfigError(f"{Path(source.path, 'config.json')}: {one_line(exc)}")
     if source.local and not Path(source.path).is_dir():
         return RungError(f"cannot load {what} '{source.name}': {one_line(exc)}")
     if not source.local and ("couldn't connect" in text.lower() or "connection" in text.lower()):
@@ -157,10 +168,15 @@ def _debug() -> bool:
 
 
 def check_model_dir(directory: str, field: str) -> None:
-    """A model directory must hold config.json and safetensors weights (never pickle)."""
+    """A model directory must hold config.json (a JSON object: rung's reader, as the torch and
+    jax backends read it, names the file and line of one that is not) and safetensors weights
+    (never pickle)."""
+    from rung.model_config import read_json_object
+
     folder = Path(directory)
     if not (folder / "config.json").is_file():
         raise RungError(f"{field}: '{directory}' has no config.json; is it a Hugging Face model directory?")
+    read_json_object(folder / "config.json", "model settings")
     if any(folder.glob("*.safetensors")) or (folder / "model.safetensors.index.json").is_file():
         return
     if any(folder.glob("*.bin")) or any(folder.glob("*.pt")) or any(folder.glob("*.pth")):
@@ -214,12 +230,15 @@ def load_model(options: Any) -> tuple[Any, Any, Source]:
     from transformers import AutoModelForCausalLM
 
     score = saved_score_weight(source.path) if source.local else None
+    report = held_load_report(quiet=score is not None)
     try:
-        with quiet_progress(source.local), quiet_load_report(score is not None):
+        with quiet_progress(source.local), report:
             model = AutoModelForCausalLM.from_pretrained(source.path, output_loading_info=True, **kwargs)
     except Exception as exc:  # one line for the user, whatever transformers raised
         if _debug():
             raise
+        if "ignore_mismatched_sizes" in str(exc):  # its table of shapes is held back: say the first one
+            raise shape_mismatch_error(source, report.text) from None
         raise load_error("model", source, "backend.model", exc) from None
     model, info = model
     if score is not None:
@@ -235,16 +254,17 @@ def load_model(options: Any) -> tuple[Any, Any, Source]:
 def saved_score_weight(directory: str) -> Any | None:
     """`score.weight` of a local checkpoint that has one (a sequence classifier written by
     rung's `save_scorer` or by transformers), else None; read from the safetensors header on."""
-    import json
-
     from safetensors import safe_open
+
+    from rung.model_config import read_json_object
 
     folder = Path(directory)
     files = [folder / "model.safetensors"]
     index = folder / "model.safetensors.index.json"
     if not files[0].is_file() and index.is_file():
-        shard = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {}).get("score.weight")
-        files = [folder / shard] if shard else []
+        weight_map = read_json_object(index, "weight file names").get("weight_map")
+        shard = weight_map.get("score.weight") if isinstance(weight_map, dict) else None
+        files = [folder / shard] if isinstance(shard, str) else []
     for file in files:
         if file.is_file():
             with safe_open(str(file), framework="pt") as weights:
@@ -268,26 +288,62 @@ def give_back_score_head(model: Any, weight: Any, missing: Any) -> None:
     attach_score_head(model, weight)
 
 
-class quiet_load_report:
-    """transformers' load report off while a sequence classifier loads as a causal LM: its
-    unexpected `score.weight` and missing `lm_head.weight` are expected and handled."""
+class held_load_report:
+    """transformers' load report (a table of missing, unexpected and mismatched weights, logged
+    as one warning) held back while a model loads: shown once the load succeeds, dropped when
+    it fails (the error says what it held, in one line: `text`), and dropped when `quiet`, for a
+    sequence classifier loading as a causal LM (its unexpected `score.weight` and missing
+    `lm_head.weight` are expected and handled)."""
 
-    def __init__(self, quiet: bool) -> None:
+    LOGGER = "transformers.modeling_utils"
+
+    def __init__(self, quiet: bool = False) -> None:
         self.quiet = quiet
-        self.level: int | None = None
+        self.records: list[Any] = []
 
-    def __enter__(self) -> None:
-        if self.quiet:
-            from transformers.utils import logging as hf_logging
+    @property
+    def text(self) -> str:
+        return "\n".join(record.getMessage() for record in self.records)
 
-            self.level = hf_logging.get_verbosity()
-            hf_logging.set_verbosity_error()
+    def filter(self, record: Any) -> bool:
+        if "LOAD REPORT" in str(record.msg):
+            self.records.append(record)
+            return False
+        return True
 
-    def __exit__(self, *exc: Any) -> None:
-        if self.level is not None:
-            from transformers.utils import logging as hf_logging
+    def __enter__(self) -> "held_load_report":
+        import logging
 
-            hf_logging.set_verbosity(self.level)
+        logging.getLogger(self.LOGGER).addFilter(self)
+        return self
+
+    def __exit__(self, kind: Any, *exc: Any) -> None:
+        import logging
+
+        logger = logging.getLogger(self.LOGGER)
+        logger.removeFilter(self)
+        if kind is None and not self.quiet:
+            for record in self.records:
+                logger.handle(record)
+
+
+_MISMATCH = re.compile(r"^\s*([^|\n]+?)\s*\|\s*MISMATCH\s*\|.*?ckpt:\s*torch\.Size\((\[[^\]]*\])\)"
+                       r"\s*vs\s*model:\s*torch\.Size\((\[[^\]]*\])\)", re.M)
+_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def shape_mismatch_error(source: Source, report: str) -> ConfigError:
+    """The one line for weights whose shapes are not the ones config.json gives (a config.json
+    missing `hidden_size` gets transformers' default, 4096, say)."""
+    where = Path(source.path, "config.json") if source.local else f"model '{source.name}': config.json"
+    found = _MISMATCH.findall(_COLOUR.sub("", report))
+    detail = ""
+    if found:
+        name, saved, built = found[0]
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        detail = f": {name} is {saved} in the weights, {built} by config.json{more}"
+    return ConfigError(f"{where}: the weights do not have the shapes it gives{detail}; "
+                       "is it the config.json these weights were saved with?")
 
 
 class quiet_progress:

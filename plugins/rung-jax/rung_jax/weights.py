@@ -6,7 +6,6 @@ way out and back. Never pickle.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import numpy as np
 from flax import nnx
 
 from rung.errors import ConfigError, RungError
-from rung.model_config import ModelConfig
+from rung.model_config import ModelConfig, read_config_json
 
 WEIGHTS_NAME = "model.safetensors"
 
@@ -81,9 +80,12 @@ def read_safetensors(directory: str | Path) -> dict[str, np.ndarray]:
         raise RungError(f"no *.safetensors weights in {directory} (rung never loads pickled weights)")
     tensors: dict[str, np.ndarray] = {}
     for file in files:
-        with safe_open(str(file), framework="flax") as f:
-            for name in f.keys():
-                tensors[name] = np.asarray(f.get_tensor(name).astype(jnp.float32))
+        try:
+            with safe_open(str(file), framework="flax") as f:
+                for name in f.keys():
+                    tensors[name] = np.asarray(f.get_tensor(name).astype(jnp.float32))
+        except Exception as exc:  # safetensors' own errors: a damaged or foreign file, said in one line
+            raise RungError(f"{file}: not a readable safetensors file ({exc})") from None
     return tensors
 
 
@@ -122,10 +124,10 @@ def load_model(directory: str | Path, config: ModelConfig | None = None) -> nnx.
     directory = Path(directory)
     if not (directory / "config.json").is_file():
         raise ConfigError(f"backend.model: {directory} has no config.json: not a model checkpoint")
-    config = config or ModelConfig.load(directory)
-    hf = json.loads((directory / "config.json").read_text(encoding="utf-8"))
-    if hf.get("model_type", "llama") != "llama":
-        raise RungError(f"{directory}: model_type '{hf.get('model_type')}' is not a Llama model")
+    # The reader rung-torch uses too: a config.json that is not JSON, not an object, another
+    # model type or a bad field is one line naming the file and the config.json key.
+    hf = read_config_json(directory)
+    config = config or ModelConfig.from_hf(hf, source=str(directory / "config.json"))
     model = nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0)))
     tensors = read_safetensors(directory)
     if "score.weight" in tensors:

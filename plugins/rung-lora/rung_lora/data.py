@@ -96,8 +96,9 @@ def _paths(spec: str | list[str]) -> list[Path]:
 def jsonl_records(spec: str | list[str], limit: int | None = None) -> Iterator[tuple[Any, str]]:
     """Each record of the JSONL files `spec` names (a path, a glob, or a list of them) with
     where it is (`file:line`), at most `limit`; blank lines are skipped, a line that is not
-    JSON, not UTF-8 or too long is a ConfigError naming its file and line (`rung.jsonl`). Every
-    JSONL data source reads this way."""
+    JSON, not UTF-8 or too long is a ConfigError naming its file and line (`rung.jsonl`), and
+    files that hold no record at all are a ConfigError naming them. Every JSONL data source
+    reads this way."""
     count = 0
     try:
         paths = _paths(spec)
@@ -109,13 +110,18 @@ def jsonl_records(spec: str | list[str], limit: int | None = None) -> Iterator[t
             count += 1
             if limit and count >= limit:
                 return
+    if not count:
+        shown = ", ".join(str(path) for path in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+        raise ConfigError(f"{shown}: no records (empty, or only blank lines); a data file holds one JSON "
+                          "object per line")
 
 
 def dataset_records(opts: Any, source: str, extra: str) -> Iterator[tuple[Any, str]]:
     """Each record of the `datasets` dataset `opts` names (`dataset`, `split`, `subset`,
     `data_files`, `limit`): a dataset directory (save_to_disk) or a builder / hub id, with
-    where it is (`dataset[split][index]`). `source` and `extra` name the data source and the
-    pip extra that installs `datasets`, for the error when it is missing."""
+    where it is (`dataset[split][index]`); a split with no rows is a ConfigError naming it.
+    `source` and `extra` name the data source and the pip extra that installs `datasets`, for
+    the error when it is missing."""
     try:
         import datasets
     except ImportError:
@@ -133,10 +139,13 @@ def dataset_records(opts: Any, source: str, extra: str) -> Iterator[tuple[Any, s
             loaded = datasets.load_dataset(opts.dataset, opts.subset, data_files=opts.data_files, split=opts.split)
     except (FileNotFoundError, ValueError, OSError, KeyError) as exc:
         raise ConfigError(f"data.dataset '{opts.dataset}': cannot load it ({str(exc).splitlines()[0]})") from None
+    index = -1
     for index, record in enumerate(loaded):
         if opts.limit and index >= opts.limit:
             return
         yield record, f"{opts.dataset}[{opts.split}][{index}]"
+    if index < 0:
+        raise ConfigError(f"data.dataset '{opts.dataset}': split '{opts.split}' has no rows")
 
 
 class ChatJsonl:

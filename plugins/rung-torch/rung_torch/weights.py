@@ -8,14 +8,13 @@ sequence classifier; `load_model` reads either). Loading reads safetensors only 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from rung.errors import RungError
-from rung.model_config import ModelConfig
+from rung.model_config import ModelConfig, read_json_object
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
@@ -58,7 +57,9 @@ def read_state_dict(directory: str | Path) -> dict[str, torch.Tensor]:
     if single.is_file():
         files = [single]
     elif index.is_file():
-        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+        weight_map = read_json_object(index, "weight file names").get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(name, str) for name in weight_map.values()):
+            raise RungError(f"{index}: no 'weight_map' of tensor names to file names")
         files = [directory / name for name in sorted(set(weight_map.values()))]
     else:
         found = sorted(p.name for p in directory.glob("*.bin")) + sorted(p.name for p in directory.glob("*.pt"))
@@ -107,28 +108,9 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Any
     from rung_torch.model import Transformer
 
     directory = Path(directory)
-    if not (directory / "config.json").is_file():
-        raise RungError(f"{directory}: no config.json (a rung or Hugging Face Llama checkpoint has one)")
-    hf = json.loads((directory / "config.json").read_text(encoding="utf-8"))
-    model_type = hf.get("model_type", "llama")
-    if model_type != "llama":
-        raise RungError(
-            f"{directory}: config.json is a '{model_type}' model; the torch backend runs Llama-style "
-            "models (use the hf backend for other architectures)"
-        )
-    scaling = hf.get("rope_scaling") or {}
-    rope_type = scaling.get("rope_type") or scaling.get("type") or (hf.get("rope_parameters") or {}).get("rope_type")
-    if rope_type not in (None, "default"):
-        raise RungError(
-            f"{directory}: config.json scales rotary positions ('{rope_type}'), which rung's model does not; "
-            "use the hf backend for this checkpoint"
-        )
-    try:
-        config = ModelConfig.from_hf(hf)
-    except KeyError as exc:
-        raise RungError(f"{directory}/config.json: no {exc} field (is it a Llama config.json?)") from None
-    except Exception as exc:
-        raise RungError(f"{directory}/config.json: {exc}") from None
+    # One reader for both backends: a config.json that is not JSON, not an object, another
+    # model type or a bad field is one line naming the file and the config.json key.
+    config = ModelConfig.load(directory)
     # Built on the CPU, not under `with torch.device(...)`: that context imports torch._dynamo (~5 s).
     model = Transformer(config, seed=None, init=False)
     state = read_state_dict(directory)
