@@ -23,6 +23,13 @@ Faults are queued with ``server.fault(name, ...)``, each used by one request:
   error_event  (Anthropic streams) half the reply, then an ``error`` event (overloaded)
   refusal    the model refuses (OpenAI: message.refusal; Anthropic: stop_reason "refusal")
 
+Tool calls: ``server.ask_tool(name, arguments)`` queues a reply that asks for one tool call
+(``server.ask_tools((name, arguments), ...)``: several calls in one reply), used by the next
+request that offers tools (OpenAI: ``message.tool_calls``, finish "tool_calls"; Anthropic:
+a ``tool_use`` block, stop_reason "tool_use"; non-streamed). A request whose last turn
+carries tool results (OpenAI: ``tool`` messages; Anthropic: ``tool_result`` blocks) is
+answered ``"tool said: " + the results joined by "; "`` (a queued fixed reply still wins).
+
 Requests with a wrong key get 401 (the message echoes the key, as some real APIs echo part
 of it, so tests check rung never repeats it), an unknown model 404, and a prompt longer than
 ``context_words`` words 400 "context too long". Every request is recorded in
@@ -68,6 +75,8 @@ class _State:
     max_in_flight: int = 0
     faults: deque = field(default_factory=deque)
     replies: deque = field(default_factory=deque)
+    tool_asks: deque = field(default_factory=deque)
+    tool_call_count: int = 0
     requests: list = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -132,10 +141,19 @@ class FakeLLMServer:
         """Queue fixed reply texts (instead of the echo)."""
         self.state.replies.extend(texts)
 
+    def ask_tool(self, name: str, arguments: dict[str, Any] | None = None) -> None:
+        """Queue a reply asking for one call of tool `name` with `arguments`."""
+        self.ask_tools((name, arguments or {}))
+
+    def ask_tools(self, *calls: tuple[str, dict[str, Any]]) -> None:
+        """Queue one reply asking for several tool calls, each (name, arguments)."""
+        self.state.tool_asks.append([(name, dict(arguments)) for name, arguments in calls])
+
     def reset(self) -> None:
         with self.state.lock:
             self.state.faults.clear()
             self.state.replies.clear()
+            self.state.tool_asks.clear()
             self.state.requests.clear()
             self.state.max_in_flight = 0
             defaults = _State()
@@ -202,6 +220,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     state: _State
     record: bool
+    tool_ask: list | None = None  # the tool calls this request's reply asks for (`ask_tool`)
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         pass
@@ -246,6 +265,11 @@ class _Handler(BaseHTTPRequestHandler):
             pass
         self.close_connection = True
 
+    def _call_id(self, prefix: str) -> str:
+        with self.state.lock:
+            self.state.tool_call_count += 1
+            return f"{prefix}_{self.state.tool_call_count}"
+
     def do_GET(self) -> None:
         if self.path.rstrip("/") == "/v1/models":
             self._send_json(
@@ -265,7 +289,9 @@ class _Handler(BaseHTTPRequestHandler):
         with state.lock:
             too_many = len(state.requests) >= state.max_requests
             fault = state.faults.popleft() if state.faults else None
-            fixed = state.replies.popleft() if state.replies and fault is None else None
+            self.tool_ask = (state.tool_asks.popleft() if state.tool_asks and fault is None and body.get("tools")
+                             else None)
+            fixed = state.replies.popleft() if state.replies and fault is None and self.tool_ask is None else None
             rec = Recorded(
                 self.path,
                 body,
@@ -381,6 +407,13 @@ class _Handler(BaseHTTPRequestHandler):
                                                                   "Please reduce the length of the messages."))
             return
         last_user = next((_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
+        results = []
+        for m in reversed(messages):  # the tool results that end the conversation
+            if m.get("role") != "tool":
+                break
+            results.insert(0, _text_of(m.get("content")))
+        if results and fixed is None:
+            fixed = "tool said: " + "; ".join(results)
         stop = body.get("stop") or []
         stop = [stop] if isinstance(stop, str) else stop
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
@@ -402,6 +435,13 @@ class _Handler(BaseHTTPRequestHandler):
                 "content": None if refusal else "".join(tokens),
                 "refusal": "I can't help with that." if refusal else None,
             }
+            if self.tool_ask:
+                message["content"], finish = None, "tool_calls"
+                message["tool_calls"] = [
+                    {"id": self._call_id("call_fake"), "type": "function",
+                     "function": {"name": name, "arguments": json.dumps(arguments)}}
+                    for name, arguments in self.tool_ask
+                ]
             self._send_json(
                 200,
                 {
@@ -493,6 +533,12 @@ class _Handler(BaseHTTPRequestHandler):
                                                                 f"{self.state.context_words} maximum"))
             return
         last_user = next((_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
+        last = messages[-1] if messages else {}
+        results = [_text_of(block.get("content")) for block in last.get("content") or []
+                   if isinstance(last.get("content"), list) and isinstance(block, dict)
+                   and block.get("type") == "tool_result"]
+        if results and fixed is None:
+            fixed = "tool said: " + "; ".join(results)
         fmt = (body.get("output_config") or {}).get("format") or {}
         if fmt.get("type") == "json_schema" and fixed is None:
             fixed = json.dumps(_instance(fmt["schema"], last_user))
@@ -526,6 +572,10 @@ class _Handler(BaseHTTPRequestHandler):
                 "stop_reason": stop_reason,
                 "stop_sequence": stop_hit if stop_reason == "stop_sequence" else None,
             }
+            if self.tool_ask:
+                done["stop_reason"], done["stop_sequence"] = "tool_use", None
+                done["content"] = [{"type": "tool_use", "id": self._call_id("toolu_fake"), "name": name,
+                                    "input": arguments} for name, arguments in self.tool_ask]
             self._send_json(200, done)
             return
 

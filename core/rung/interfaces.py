@@ -30,6 +30,7 @@ class Capabilities:
     logprobs: bool = False
     trainable: bool = False
     structured_output: bool = False
+    tools: bool = False  # passes `GenerationRequest.tools` to the model and returns its `tool_calls`
 
 
 @runtime_checkable

@@ -6,19 +6,59 @@ and importing them must cost nothing at start-up.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 Role = Literal["system", "user", "assistant", "tool"]
 FinishReason = Literal["stop", "length", "content_filter", "tool_calls", "error"]
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """A model asking for one tool call: the call's id (the API's, or made up by rung for a
+    local model), the tool's name and its arguments as the JSON text the model wrote."""
+
+    id: str
+    name: str
+    arguments: str = "{}"
+
+    def parsed_arguments(self) -> Any:
+        """The arguments as a JSON value (a ValueError when the model wrote no valid JSON)."""
+        return json.loads(self.arguments or "{}")
+
+
+@dataclass(frozen=True, eq=True)
+class ToolSpec:
+    """A tool a model may call: its name, what it does, and its parameters as a JSON schema
+    (an object schema). `rung.tools.tool(function)` builds one from a Python function."""
+
+    name: str
+    description: str = ""
+    parameters: Mapping[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}})
+
+    def __hash__(self) -> int:  # the schema is a dict: hash its JSON text, so requests stay hashable
+        return hash((self.name, self.description, json.dumps(self.parameters, sort_keys=True, default=str)))
+
+
+@dataclass(frozen=True)
 class Message:
-    """One turn of a conversation."""
+    """One turn of a conversation.
+
+    Tool calls: an assistant turn that asks for tools carries them in `tool_calls` (its
+    `content` is any text said beside them, often ""); each result comes back as a ``tool``
+    turn whose `content` is the result text, `tool_call_id` the call's id and `name` the tool's.
+    """
 
     role: Role
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tool_calls", tuple(self.tool_calls))
 
 
 @dataclass(frozen=True)
@@ -47,6 +87,11 @@ class GenerationRequest:
     # log-likelihood requests: echo, logprobs, max_tokens 0).
     echo: bool = False
     prompt_ids: tuple[int, ...] | None = None  # the prompt as token ids, used instead of encoding `prompt`
+    # Tools the model may call (`rung.tools.run_tools` runs the loop). tool_choice: None (the
+    # API's default, "auto" when tools are given), "auto", "none", "required" (some tool), or
+    # a tool's name (that one).
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: str | None = None
 
     def __post_init__(self) -> None:
         if not self.messages and self.prompt is None:
@@ -54,6 +99,7 @@ class GenerationRequest:
         # Accept lists from callers, store tuples so requests stay hashable and immutable.
         object.__setattr__(self, "messages", tuple(self.messages))
         object.__setattr__(self, "stop", tuple(self.stop))
+        object.__setattr__(self, "tools", tuple(self.tools))
 
     def chat(self) -> list[Message]:
         """The request as a list of messages (system first, a bare prompt as a user turn)."""
@@ -95,6 +141,7 @@ class Completion:
     model: str | None = None
     logprobs: tuple[TokenLogprob, ...] | None = None  # one per generated token, when asked
     prompt_logprobs: tuple[TokenLogprob, ...] | None = None  # one per prompt token, with `echo`
+    tool_calls: tuple[ToolCall, ...] = ()  # the tools the model asks to call (finish_reason "tool_calls")
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from rung.interfaces import Capabilities
 from rung.records import Completion, Delta, GenerationRequest, Usage
 from rung_anthropic.options import AnthropicOptions
+from rung_anthropic.tools import tool_calls_of, tool_params, wire_messages
 from rung.hosted import APIError, HostedBackend, first, one_line, stream_failure
 
 M = TypeVar("M", bound=BaseModel)
@@ -46,7 +47,7 @@ class AnthropicBackend(HostedBackend):
     default_base_url = "https://api.anthropic.com"
     base_url_env = "ANTHROPIC_BASE_URL"
     base_url_hint = "Anthropic's base_url has no /v1"
-    capabilities = Capabilities(chat=True, streaming=True, structured_output=True)
+    capabilities = Capabilities(chat=True, streaming=True, structured_output=True, tools=True)
 
     options: AnthropicOptions
 
@@ -73,21 +74,13 @@ class AnthropicBackend(HostedBackend):
         """The keyword arguments of ``messages.create`` for `request`."""
         o = self.options
         model = request.model or o.model
-        system: list[str] = []
-        messages: list[dict[str, str]] = []
-        for m in request.chat():
-            if m.role == "system":
-                system.append(m.content)
-            elif m.role in ("user", "assistant"):
-                messages.append({"role": m.role, "content": m.content})
-            else:
-                raise APIError(f"anthropic: a '{m.role}' message cannot be sent as plain text; use user and assistant "
-                               "turns", "unsupported")
+        system, messages = wire_messages(request.chat())
         params: dict[str, Any] = {
             "model": model,
             "max_tokens": first(request.max_tokens, o.max_tokens),
             "messages": messages,
         }
+        params.update(tool_params(request))
         if system:
             params["system"] = "\n\n".join(system)
         stop = list(request.stop or o.stop)
@@ -117,11 +110,14 @@ class AnthropicBackend(HostedBackend):
         if message.stop_reason == "refusal":
             raise APIError(f"anthropic: model '{model}' refused the request (stop_reason 'refusal')", "refused")
         text = "".join(block.text for block in message.content if getattr(block, "type", None) == "text")
+        calls = tool_calls_of(message.content)
+        finish = FINISH.get(message.stop_reason or "", message.stop_reason or "stop")
         return Completion(
             text=text,
-            finish_reason=FINISH.get(message.stop_reason or "", message.stop_reason or "stop"),
+            finish_reason="tool_calls" if calls else finish,
             usage=_usage(message.usage),
             model=message.model or model,
+            tool_calls=calls,
         )
 
     # -- generation

@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 from rung.interfaces import Capabilities
 from rung.records import Completion, Delta, GenerationRequest, Usage
+from rung_openai.tools import tool_calls_of, tool_params, wire_messages
 from rung_openai.completions import completion_params, completion_result, refusals, uses_completions
 from rung_openai.logprobs import chat_entries, completion_entries
 from rung_openai.options import OpenAIOptions
@@ -46,7 +47,7 @@ class OpenAIBackend(HostedBackend):
     default_base_url = "https://api.openai.com/v1"
     base_url_env = "OPENAI_BASE_URL"
     base_url_hint = "an OpenAI-compatible base_url usually ends in /v1"
-    capabilities = Capabilities(chat=True, streaming=True, structured_output=True, logprobs=True)
+    capabilities = Capabilities(chat=True, streaming=True, structured_output=True, logprobs=True, tools=True)
 
     options: OpenAIOptions
 
@@ -118,8 +119,9 @@ class OpenAIBackend(HostedBackend):
         o = self.options
         params: dict[str, Any] = {
             "model": request.model or o.model,
-            "messages": [{"role": m.role, "content": m.content} for m in request.chat()],
+            "messages": wire_messages(request.chat()),
         }
+        params.update(tool_params(request))
         max_tokens = first(request.max_tokens, o.max_tokens)
         if max_tokens is not None:
             params[self._max_field] = max_tokens
@@ -151,7 +153,8 @@ class OpenAIBackend(HostedBackend):
         choice = response.choices[0]
         message = choice.message
         refusal = getattr(message, "refusal", None)
-        if refusal and not message.content:
+        calls = tool_calls_of(message)
+        if refusal and not message.content and not calls:
             raise APIError(f"openai: model '{model}' refused the request: {one_line(refusal)}", "refused")
         usage = response.usage
         logprobs = None
@@ -161,12 +164,15 @@ class OpenAIBackend(HostedBackend):
                 raise APIError(f"openai: the server at {self.base_url} sent no log-probabilities for model "
                                f"'{model}' though they were asked for", "malformed")
             logprobs = chat_entries(content, request.logprobs)
+        finish = FINISH.get(choice.finish_reason or "", choice.finish_reason or "stop")
         return Completion(
             text=message.content or "",
-            finish_reason=FINISH.get(choice.finish_reason or "", choice.finish_reason or "stop"),
+            # (some compatible servers say "stop" beside their tool calls: the calls are what counts)
+            finish_reason="tool_calls" if calls else finish,
             usage=Usage(usage.prompt_tokens or 0, usage.completion_tokens or 0) if usage else Usage(),
             model=response.model or model,
             logprobs=logprobs,
+            tool_calls=calls,
         )
 
     # -- generation
