@@ -142,16 +142,15 @@ class PromptTemplate:
         """The request: system message, few-shot turns in order, then the user turn.
 
         `system` replaces the template's system prompt; `settings` (GenerationRequest fields:
-        temperature, max_tokens, stop, model...) override the template's sampling defaults.
+        temperature, max_tokens, stop, ...) override the template's sampling defaults.
         Variables a template does not use are ignored (a test case may carry more columns).
+        The template's `backend`, `model` and `options` are not in the request: they say how
+        to build the backend it is sent to (`rung prompt -t` uses them unless told otherwise).
         """
         system_text = system if system is not None else self.render_system(variables)
         turns = [Message("system", system_text)] if system_text is not None else []
         turns += [*self.examples, Message("user", self.render_prompt(variables))]
-        values: dict[str, Any] = dict(self.sampling)
-        if self.model is not None:
-            values["model"] = self.model
-        values.update(settings)
+        values: dict[str, Any] = {**self.sampling, **settings}
         return GenerationRequest(messages=tuple(turns), **values)
 
     def starting_turns(self, variables: Mapping[str, Any] | None = None, *,

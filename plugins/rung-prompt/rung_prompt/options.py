@@ -20,7 +20,7 @@ def backend_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
                      help="backend option, e.g. -o base_url=http://localhost:8000/v1 (repeatable)"),
         click.option("-s", "--system", help="system prompt"),
-        click.option("-t", "--temperature", type=float, help="sampling temperature"),
+        click.option("--temperature", type=float, help="sampling temperature"),  # -t is --template
         click.option("--top-p", type=float, help="nucleus sampling probability"),
         click.option("--max-tokens", type=int, help="most tokens to generate"),
         click.option("--stop", multiple=True, help="stop sequence (repeatable)"),

@@ -1,4 +1,4 @@
-"""Registration only: the `prompt`, `chat`, `logs` and `keys` commands (imported on use)."""
+"""Registration only: the `prompt`, `chat`, `logs`, `keys` and `templates` commands (imported on use)."""
 
 from __future__ import annotations
 
@@ -13,3 +13,5 @@ def rung_register_commands(register):
     register("logs", impl="rung_prompt.logs_cmd:logs", summary="List or search the logged prompts and replies.")
     register("keys", impl="rung_prompt.keys_cmd:keys",
              summary="Store API keys for hosted backends (rung keys set openai).")
+    register("templates", impl="rung_prompt.templates_cmd:templates",
+             summary="List, show, render and edit prompt templates (rung prompt -t NAME).")

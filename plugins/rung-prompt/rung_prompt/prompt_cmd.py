@@ -9,11 +9,13 @@ import click
 from rung_prompt.options import backend_options, sampling
 from rung_prompt.reply import log_reply, note, quiet_broken_pipe, run_request
 from rung_prompt.target import build_target
+from rung_prompt.templating import template_options
 
 
 @click.command()
 @click.argument("text", required=False)
 @backend_options
+@template_options
 @click.option("--raw", is_flag=True,
               help="continue TEXT as plain text, never through the model's chat template (local backends)")
 @click.option("--no-stream", is_flag=True, help="wait for the whole reply instead of streaming it")
@@ -21,7 +23,8 @@ from rung_prompt.target import build_target
 @quiet_broken_pipe
 def prompt(text: str | None, backend: str | None, model: str | None, config: str | None, options: tuple[str, ...],
            system: str | None, temperature: float | None, top_p: float | None, max_tokens: int | None,
-           stop: tuple[str, ...], seed: int | None, no_log: bool, raw: bool, no_stream: bool, verbose: bool) -> None:
+           stop: tuple[str, ...], seed: int | None, no_log: bool, template: str | None, params: tuple[str, ...],
+           raw: bool, no_stream: bool, verbose: bool) -> None:
     """Send TEXT (or stdin, with '-' or no TEXT) to a backend; the reply streams to stdout.
 
     \b
@@ -30,9 +33,36 @@ def prompt(text: str | None, backend: str | None, model: str | None, config: str
     rung prompt -o base_url=http://localhost:8000/v1 -m my-model "Hi"
     rung prompt -c run.yaml --system "Be brief" "Hi"
     rung prompt -b torch -m runs/stdlib/model --raw "def fibonacci(n):"
+    rung prompt -t summarise -p words=5 "TEXT"          (a template: rung templates list)
     """
     from rung.records import GenerationRequest, Message
 
+    if template is not None or params:
+        from rung_prompt import templating
+
+        loaded, variables = templating.load(template, params)
+        if raw:
+            raise click.UsageError("--raw continues plain text; a template (-t) builds chat turns: drop one of them")
+        if text == "-" or (text is None and loaded.takes_input and "input" not in variables
+                           and not sys.stdin.isatty()):
+            text = sys.stdin.read().rstrip("\n") or None  # nothing piped in: no text
+        if text is not None:
+            if not loaded.takes_input:
+                raise click.UsageError(f"template '{loaded.name}' takes no text (its prompt has no {{{{ input }}}}); "
+                                       f"give its variables with -p VAR=VALUE")
+            variables["input"] = text
+        backend, model, options = templating.backend_defaults(loaded, backend, model, config, options)
+        target = build_target(backend, model, config, options)
+        settings = sampling(temperature, top_p, max_tokens, stop, seed)
+        request = templating.render(loaded, lambda: loaded.render(variables, system=system, **settings))
+        settings = templating.sampling_defaults(loaded, settings)
+        reply = run_request(target, request, stream=not no_stream)
+        note(reply, target, verbose)
+        if not no_log:
+            sent_system = next((m.content for m in request.messages if m.role == "system"), None)
+            log_reply(target, templating.logged_settings(loaded, settings), request.messages[-1].content,
+                      sent_system, reply)
+        return
     if text is None or text == "-":
         if sys.stdin.isatty():
             raise click.UsageError("give the prompt: rung prompt \"TEXT\" (or pipe it on stdin)")
