@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from rung.options import Options
+from rung.paths import existing_path, looks_like_path, path_problem
 
 #: Accepted spellings of a weights dtype, and the name transformers/torch give each.
 DTYPES: dict[str, str] = {
@@ -15,6 +17,10 @@ DTYPES: dict[str, str] = {
     "bfloat16": "bfloat16", "bf16": "bfloat16",
     "float16": "float16", "fp16": "float16", "half": "float16",
 }
+
+
+#: `adapter`: a PEFT adapter folder (what a lora run saves).
+adapter_folder = existing_path("folder", what="a PEFT adapter directory", marker="adapter_config.json")
 
 
 class HubOptions(Options):
@@ -27,6 +33,35 @@ class HubOptions(Options):
     local_files_only: bool = Field(
         False, description="never reach the hub: use a local directory or the local cache only"
     )
+
+
+def local_or_hub(value: str | None, info: ValidationInfo, field: str, what: str = "model") -> str | None:
+    """`value` if it can be loaded: an existing folder (or, for a tokenizer, its file), or a hub
+    id. What cannot be a hub id (`./x`, `/x`, `~/x`, `a/b/c`) must exist; a hub id is refused
+    only where the hub cannot be used (HF_HUB_OFFLINE, or `local_files_only`) and it is not in
+    the local cache. Checked when the config is validated, before a run prepares data (the
+    same rules `rung_hf.loading.resolve` loads by); no network is touched here."""
+    if value is None:
+        return None
+    from pydantic_core import PydanticCustomError
+
+    from rung.errors import excerpt
+    from rung_hf.loading import cached_snapshot, hub_offline_by_env
+
+    kind = "any" if what == "tokenizer" else "folder"
+    if path_problem(value, kind) is None:
+        return existing_path(kind)(value)  # `~` expanded
+    if looks_like_path(value) or os.path.exists(os.path.expanduser(value)):
+        raise PydanticCustomError("path_not_found", path_problem(value, kind, what=f"a {what} directory"))
+    section = field.rsplit(".", 1)[0]
+    offline = f"{section}.local_files_only is set" if info.data.get("local_files_only") else (
+        "HF_HUB_OFFLINE is set" if hub_offline_by_env() else None)
+    marker = "config.json" if what == "model" else "tokenizer_config.json"
+    if offline and cached_snapshot(value, info.data.get("revision"), marker) is None:
+        raise PydanticCustomError("path_not_found", (
+            f"{what} {excerpt(value)} is not in the local cache and the hub cannot be reached ({offline}); "
+            f"download it where there is a network or set {field} to a local directory"))
+    return value
 
 
 class HFOptions(HubOptions):
@@ -75,6 +110,17 @@ class HFOptions(HubOptions):
         "auto", description="under torchrun: auto (DDP), ddp, or fsdp (shards a model too big for one GPU)"
     )
 
+    @field_validator("model", "tokenizer")
+    @classmethod
+    def _loadable(cls, value: str | None, info: ValidationInfo) -> str | None:
+        what = "tokenizer" if info.field_name == "tokenizer" else "model"
+        return local_or_hub(value, info, f"backend.{info.field_name}", what)
+
+    @field_validator("adapter")
+    @classmethod
+    def _adapter_exists(cls, value: str | None) -> str | None:
+        return adapter_folder(value)
+
     @field_validator("dtype")
     @classmethod
     def _dtype(cls, value: str) -> str:
@@ -89,3 +135,8 @@ class HFTokenizerOptions(HubOptions):
 
     path: str = Field(..., description="a directory holding tokenizer.json / tokenizer_config.json, or a hub id")
     chat_template: str | None = Field(None, description="a Jinja chat template replacing the tokenizer's")
+
+    @field_validator("path")
+    @classmethod
+    def _loadable(cls, value: str, info: ValidationInfo) -> str:
+        return local_or_hub(value, info, "tokenizer.path", "tokenizer")

@@ -6,10 +6,14 @@ field here beyond `LocalModelOptions` has a default.
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from rung.model_config import LocalModelOptions
+from rung.model_config import PRESETS, LocalModelOptions
 from rung.options import Options
+from rung.paths import existing_path
+
+#: `model`: a preset, or a checkpoint folder that exists when the config is validated.
+model_or_preset = existing_path("folder", what="a checkpoint directory", or_names=PRESETS, names_kind="model preset")
 
 
 class MeshOptions(Options):
@@ -45,3 +49,6 @@ class JaxOptions(LocalModelOptions):
     max_tokens: int = Field(256, ge=1, description="default new tokens per request")
     temperature: float = Field(0.0, ge=0, description="default sampling temperature; 0: greedy")
     seed: int = Field(0, description="seed of the weights of a new model")
+
+    # Checked when the config is validated, not after minutes of data preparation.
+    _model_exists = field_validator("model")(model_or_preset)

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from rung.options import Options
+from rung.paths import existing_path
 
 # ------------------------------------------------------------------------------ sources
 
@@ -54,6 +55,10 @@ class FilesOptions(Options):
     @classmethod
     def _one_path(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
+
+    # Checked when the config is validated: a missing corpus is said before any work starts.
+    _paths_exist = field_validator("paths")(
+        existing_path("any", globs=True, recursive=True, what="a file, folder or matching glob"))
 
 
 class StdlibOptions(Options):

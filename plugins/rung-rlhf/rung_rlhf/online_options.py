@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from rung.options import Options
+from rung.paths import existing_path
 from rung_rlhf.preference_options import FeedbackOptions
 
 
@@ -76,6 +77,9 @@ class PromptsJsonlOptions(PromptFieldOptions):
     """Prompts, one JSON object per line."""
 
     path: str | list[str] = Field(..., description="a JSONL file, a glob, or a list of them")
+
+    # Checked when the config is validated: a missing file is said before any work starts.
+    _files_exist = field_validator("path")(existing_path("file", globs=True))
 
 
 class PromptsHFOptions(PromptFieldOptions):

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from rung.options import Options
+from rung.paths import existing_path
 from rung.training import TrainingOptions
 
 
@@ -80,6 +81,9 @@ class PreferenceJsonlOptions(PreferenceFieldOptions):
     """Preference pairs, one JSON object per line."""
 
     path: str | list[str] = Field(..., description="a JSONL file, a glob, or a list of them")
+
+    # Checked when the config is validated: a missing file is said before any work starts.
+    _files_exist = field_validator("path")(existing_path("file", globs=True))
 
 
 class PreferenceHFOptions(PreferenceFieldOptions):

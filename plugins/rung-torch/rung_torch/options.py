@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from rung.model_config import LocalModelOptions
+from rung.model_config import PRESETS, LocalModelOptions
+from rung.paths import existing_path
+
+#: `model`: a preset, or a checkpoint folder that exists when the config is validated.
+model_or_preset = existing_path("folder", what="a checkpoint directory", or_names=PRESETS, names_kind="model preset")
+#: `adapter`: a PEFT adapter folder (what a lora run saves).
+adapter_folder = existing_path("folder", what="a PEFT adapter directory", marker="adapter_config.json")
 
 
 class TorchOptions(LocalModelOptions):
@@ -24,3 +30,7 @@ class TorchOptions(LocalModelOptions):
     temperature: float = Field(0.0, ge=0, description="default sampling temperature; 0: greedy")
     seed: int = Field(0, description="seed of the weights of a new model")
     adapter: str | None = Field(None, description="a PEFT adapter directory to load (merged) on the model")
+
+    # Checked when the config is validated, not after minutes of data preparation.
+    _model_exists = field_validator("model")(model_or_preset)
+    _adapter_exists = field_validator("adapter")(adapter_folder)
