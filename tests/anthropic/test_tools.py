@@ -47,7 +47,8 @@ def test_a_tool_call_round_trip_sends_tool_use_and_tool_result_blocks(server):
     assert second["system"] == "use the tools"
     assert second["messages"] == [
         {"role": "user", "content": "what is 2 + 3?"},
-        {"role": "assistant", "content": [{"type": "tool_use", "id": call_id, "name": "add", "input": {"a": 2, "b": 3}}]},
+        {"role": "assistant",
+         "content": [{"type": "tool_use", "id": call_id, "name": "add", "input": {"a": 2, "b": 3}}]},
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call_id, "content": "5"}]},
     ]
 
