@@ -55,8 +55,6 @@ def chat(backend: str | None, model: str | None, config: str | None, options: tu
     from rung_prompt import templating
 
     loaded, variables = templating.load(template, params)
-    backend, model, options = templating.backend_defaults(loaded, backend, model, config, options)
-    target = build_target(backend, model, config, options)
     settings = sampling(temperature, top_p, max_tokens, stop, seed)
     request_settings = templating.sampling_defaults(loaded, settings)
     start: list[Message] = []
@@ -69,6 +67,8 @@ def chat(backend: str | None, model: str | None, config: str | None, options: tu
             opening = templating.render(loaded, lambda: loaded.render_prompt(variables))
         elif loaded.prompt is not None:  # check the variables now, not at the first line
             templating.render(loaded, lambda: loaded.render_prompt({"input": "", **variables}))
+    backend, model, options = templating.backend_defaults(loaded, backend, model, config, options)
+    target = build_target(backend, model, config, options)
 
     def user_turn(line: str) -> str:
         if loaded is None or opening is not None or loaded.prompt is None:

@@ -7,9 +7,10 @@ import sys
 import click
 
 from rung_prompt.options import backend_options, sampling
-from rung_prompt.reply import log_reply, note, quiet_broken_pipe, run_request
+from rung_prompt.reply import log_reply, note, quiet_broken_pipe
 from rung_prompt.target import build_target
 from rung_prompt.templating import template_options
+from rung_prompt.tooling import send, tool_options
 
 
 @click.command()
@@ -20,11 +21,12 @@ from rung_prompt.templating import template_options
               help="continue TEXT as plain text, never through the model's chat template (local backends)")
 @click.option("--no-stream", is_flag=True, help="wait for the whole reply instead of streaming it")
 @click.option("-v", "--verbose", is_flag=True, help="print model, token usage and timing to stderr")
+@tool_options
 @quiet_broken_pipe
 def prompt(text: str | None, backend: str | None, model: str | None, config: str | None, options: tuple[str, ...],
            system: str | None, temperature: float | None, top_p: float | None, max_tokens: int | None,
            stop: tuple[str, ...], seed: int | None, no_log: bool, template: str | None, params: tuple[str, ...],
-           raw: bool, no_stream: bool, verbose: bool) -> None:
+           raw: bool, no_stream: bool, verbose: bool, tools: tuple[str, ...], max_rounds: int) -> None:
     """Send TEXT (or stdin, with '-' or no TEXT) to a backend; the reply streams to stdout.
 
     \b
@@ -34,6 +36,7 @@ def prompt(text: str | None, backend: str | None, model: str | None, config: str
     rung prompt -c run.yaml --system "Be brief" "Hi"
     rung prompt -b torch -m runs/stdlib/model --raw "def fibonacci(n):"
     rung prompt -t summarise -p words=5 "TEXT"          (a template: rung templates list)
+    rung prompt --tool mytools:get_weather "Weather in Oslo?"   (the model may call it)
     """
     from rung.records import GenerationRequest, Message
 
@@ -51,12 +54,12 @@ def prompt(text: str | None, backend: str | None, model: str | None, config: str
                 raise click.UsageError(f"template '{loaded.name}' takes no text (its prompt has no {{{{ input }}}}); "
                                        f"give its variables with -p VAR=VALUE")
             variables["input"] = text
-        backend, model, options = templating.backend_defaults(loaded, backend, model, config, options)
-        target = build_target(backend, model, config, options)
         settings = sampling(temperature, top_p, max_tokens, stop, seed)
         request = templating.render(loaded, lambda: loaded.render(variables, system=system, **settings))
+        backend, model, options = templating.backend_defaults(loaded, backend, model, config, options)
+        target = build_target(backend, model, config, options)  # after the template's checks: they are quick
         settings = templating.sampling_defaults(loaded, settings)
-        reply = run_request(target, request, stream=not no_stream)
+        reply = send(target, request, tools, max_rounds, stream=not no_stream)
         note(reply, target, verbose)
         if not no_log:
             sent_system = next((m.content for m in request.messages if m.role == "system"), None)
@@ -77,7 +80,7 @@ def prompt(text: str | None, backend: str | None, model: str | None, config: str
         request = GenerationRequest(prompt=text, raw=True, **settings)
     else:  # a user turn: a chat model answers it through its template
         request = GenerationRequest(messages=(Message("user", text),), system=system, **settings)
-    reply = run_request(target, request, stream=not no_stream)
+    reply = send(target, request, tools, max_rounds, stream=not no_stream)
     note(reply, target, verbose)
     if not no_log:
         log_reply(target, {**settings, "raw": True} if raw else settings, text, system, reply)
