@@ -17,7 +17,7 @@ def _clip(text: str | None, width: int) -> str:
 
 @click.command()
 @click.option("-n", "--count", default=10, show_default=True, help="how many entries")
-@click.option("-q", "--query", help="only entries whose prompt, system prompt or reply contains this text")
+@click.option("-q", "--query", help="only entries whose prompt, system prompt, reply or tool calls contain this text")
 @click.option("--full", is_flag=True, help="print whole prompts and replies")
 @click.option("--json", "as_json", is_flag=True, help="print JSON lines for machines")
 @click.option("--path", "show_path", is_flag=True, help="print where the log is and exit")
@@ -50,4 +50,9 @@ def logs(count: int, query: str | None, full: bool, as_json: bool, show_path: bo
         if entry["system"]:
             click.echo(f"  system: {entry['system'] if full else _clip(entry['system'], 100)}")
         click.echo(f"  > {entry['prompt'] if full else _clip(entry['prompt'], 100)}")
+        for call in entry.get("tool_calls") or ():  # `rung prompt --tool`: each call and its result
+            mark = " (error)" if call.get("is_error") else ""
+            arguments, output = str(call.get("arguments", "")), str(call.get("output", ""))
+            click.echo(f"  tool {call.get('name')} {arguments if full else _clip(arguments, 60)} -> "
+                       f"{output if full else _clip(output, 60)}{mark}")
         click.echo(f"  < {entry['response'] if full else _clip(entry['response'], 100)}")

@@ -59,7 +59,7 @@ def prompt(text: str | None, backend: str | None, model: str | None, config: str
         backend, model, options = templating.backend_defaults(loaded, backend, model, config, options)
         target = build_target(backend, model, config, options)  # after the template's checks: they are quick
         settings = templating.sampling_defaults(loaded, settings)
-        reply = send(target, request, tools, max_rounds, stream=not no_stream)
+        reply = send(target, request, (*loaded.tools, *tools), max_rounds, stream=not no_stream)
         note(reply, target, verbose)
         if not no_log:
             sent_system = next((m.content for m in request.messages if m.role == "system"), None)

@@ -7,7 +7,7 @@ import functools
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import click
@@ -24,6 +24,7 @@ class Reply:
     model: str | None = None
     duration_s: float = 0.0
     first_token_s: float | None = None
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)  # calls made on the way (--tool), as logged
 
 
 def write(text: str) -> None:
@@ -112,6 +113,7 @@ def log_reply(
         prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
         duration_s=round(reply.duration_s, 4),
         first_token_s=None if reply.first_token_s is None else round(reply.first_token_s, 4),
+        tool_calls=reply.tool_calls or None,
     )
 
 
