@@ -58,7 +58,7 @@ LAYERS = {
     "providers": ({"rung-openai", "rung-anthropic", "rung-tokenizers", "rung-tensorboard", "rung-wandb"}, {"core"}),
     "frameworks": ({"rung-torch", "rung-jax", "rung-hf"}, {"core", "providers"}),
     "trainers": ({"rung-lora", "rung-pretrain", "rung-rlhf", "rung-eval"}, {"core", "providers"}),
-    "cli": ({"rung-prompt", "rung-serve", "rung-gguf", "rung-plot"},
+    "cli": ({"rung-prompt", "rung-serve", "rung-gguf", "rung-plot", "rung-compare"},
             {"core", "providers", "frameworks", "trainers"}),
 }
 SIDEWAYS = {
