@@ -19,7 +19,7 @@ model: gpt-4o-mini
 options: {base_url: ...}        # backend options
 temperature: 0.2                # sampling: temperature, top_p, top_k, max_tokens, stop, seed
 schema: {type: object, ...}     # optional JSON schema for structured output
-tools: [mymodule:lookup]        # optional tools (function paths or JSON-schema declarations)
+tools: [mytools:lookup]         # optional tools: module:function, or file.py:function beside it
 ```
 
 `load_template(name_or_path)` finds `NAME.yaml` in the given folders, then in the templates
@@ -100,7 +100,7 @@ class PromptTemplate:
     options: Mapping[str, Any] = field(default_factory=dict)  # backend options
     sampling: Mapping[str, Any] = field(default_factory=dict)  # GenerationRequest sampling fields
     schema: Mapping[str, Any] | None = None
-    tools: tuple[Any, ...] = ()
+    tools: tuple[str, ...] = ()  # module:function or file.py:function (relative to the template)
     lines: Mapping[tuple, int] = field(default_factory=dict, repr=False, compare=False)
     text: str = field(default="", repr=False, compare=False)  # the file as written
 
@@ -330,7 +330,7 @@ def _parse(name: str, path: Path, data: Any, lines: Mapping[tuple, int], text: s
         description=text_of("description") or "",
         backend=text_of("backend"), model=text_of("model"), options=mapping_of("options"),
         sampling=_sampling(data, fail), schema=_schema(data.get("schema"), fail),
-        tools=_tools(data.get("tools"), fail), lines=dict(lines), text=text,
+        tools=_tools(data.get("tools"), path.parent, fail), lines=dict(lines), text=text,
     )
     return template
 
@@ -415,18 +415,22 @@ def _schema(value: Any, fail: Any) -> dict[str, Any] | None:
     return value
 
 
-def _tools(value: Any, fail: Any) -> tuple[Any, ...]:
+def _tools(value: Any, folder: Path, fail: Any) -> tuple[str, ...]:
+    """Tool references as `rung prompt --tool` takes them; a relative `file.py:function` is
+    relative to the template's folder, so a template and its tools move together."""
     if value is None:
         return ()
     if not isinstance(value, list):
-        raise fail(("tools",), "expected a list of tools (module:function, or {name, description, parameters})")
+        raise fail(("tools",), "expected a list of tools: module:function or file.py:function")
+    tools: list[str] = []
     for index, tool in enumerate(value):
-        if isinstance(tool, str):
-            if ":" not in tool:
-                raise fail(("tools", index), f"a tool is module:function, got {excerpt(tool)}")
-        elif not (isinstance(tool, dict) and isinstance(tool.get("name"), str)):
-            raise fail(("tools", index), "a declared tool is a mapping with a name (and description, parameters)")
-    return tuple(value)
+        if not isinstance(tool, str) or ":" not in tool:
+            raise fail(("tools", index), f"a tool is module:function or file.py:function, got {excerpt(tool)}")
+        module, _, function = tool.rpartition(":")
+        if module.endswith(".py") and not Path(module).expanduser().is_absolute():
+            tool = f"{folder / module}:{function}"
+        tools.append(tool)
+    return tuple(tools)
 
 
 # -- Jinja -----------------------------------------------------------------------------------------

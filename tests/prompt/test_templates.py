@@ -173,6 +173,21 @@ def test_rung_prompt_sends_exactly_the_rendered_messages(cli, server):
     assert json.loads(rows[0][2])["template"] == "summarise" and json.loads(rows[1][2])["temperature"] == 0.9
 
 
+def test_a_templates_tools_are_offered_and_called(cli, server):
+    (cli.templates / "calc.py").write_text('def add(a: int, b: int) -> int:\n    """Add two numbers."""\n'
+                                           '    return a + b\n')
+    write_template(cli.templates, "calc", "system: Use the tools.\nprompt: 'What is {{ input }}?'\n"
+                                          "tools: [calc.py:add]\n")  # beside the template, wherever you run
+    server.ask_tool("add", {"a": 2, "b": 3})
+    proc = cli("prompt", "-t", "calc", *cli.openai, "2 + 3")
+    assert proc.stdout == "tool said: 5\n" and "rung: tool add" in proc.stderr
+    asked, answered = server.requests[-2].body, server.requests[-1].body
+    assert [t["function"]["name"] for t in asked["tools"]] == ["add"]
+    assert asked["messages"] == [{"role": "system", "content": "Use the tools."},
+                                 {"role": "user", "content": "What is 2 + 3?"}]
+    assert answered["messages"][-1]["role"] == "tool" and answered["messages"][-1]["content"] == "5"
+
+
 def test_rung_chat_starts_from_the_templates_system_and_few_shot_turns(cli, server):
     proc = cli("chat", "-t", "summarise", "-p", "words=3", input="Rivers flow.\nSeas are salty.\n")
     assert proc.stdout == ("echo: Summarise in at most 3 words:\nRivers flow.\n"

@@ -61,6 +61,9 @@ def chat(backend: str | None, model: str | None, config: str | None, options: tu
     opening: str | None = None  # a template prompt without {{ input }}: the first turn
     if loaded is not None:
         start = list(loaded.examples)
+        if loaded.tools:
+            click.echo(f"rung: template '{loaded.name}' declares tools; rung chat does not call tools "
+                       f"(rung prompt -t {loaded.name} does)", err=True)
         if system is None:
             system = templating.render(loaded, lambda: loaded.render_system(variables))
         if loaded.prompt is not None and not loaded.takes_input:
