@@ -2,7 +2,8 @@
 
 Every JSONL reader in rung goes through `read_jsonl`, so a hostile or damaged file is one
 error naming its file and line, whichever plugin reads it: bytes that are not UTF-8, a line
-that is not JSON, and a line longer than `max_line_bytes` (read in bounded memory: the reader
+that is not JSON (nested past the decoder's recursion limit, an integer past Python's digit
+limit), and a line longer than `max_line_bytes` (read in bounded memory: the reader
 never holds more than that of one line, so a 20 MB line costs 16 MB at most, not gigabytes).
 """
 
@@ -56,11 +57,22 @@ def read_jsonl(path: str | Path, max_line_bytes: int = MAX_LINE_BYTES,
             if not text.strip():
                 continue
             try:
-                yield json.loads(text), where
-            except json.JSONDecodeError as exc:
+                value = json.loads(text)
+            except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError too
                 if skip_invalid:
                     continue
-                raise ConfigError(f"{where}: not valid JSON ({exc.msg}, column {exc.colno})") from None
+                raise ConfigError(f"{where}: {_json_problem(exc)}") from None
+            yield value, where
+
+
+def _json_problem(exc: ValueError | RecursionError) -> str:
+    """What is wrong with a line `json.loads` refused, in a few words."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not valid JSON ({exc.msg}, column {exc.colno})"
+    if isinstance(exc, RecursionError):  # the decoder recurses once per nested [ or {
+        return "JSON nested too deeply to read"
+    # an integer longer than Python converts (sys.get_int_max_str_digits(), 4300 digits by default)
+    return f"cannot be read as JSON ({str(exc).split(';')[0]})"
 
 
 def latest_history(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:

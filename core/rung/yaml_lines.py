@@ -46,9 +46,10 @@ def load_yaml_text(text: str, origin: str) -> tuple[Any, dict[Path_, int]]:
     """`text` parsed as one YAML document (errors say `origin:line`), with its line map."""
     import yaml
 
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
         _check_nesting(text, origin, yaml)
+        loader = _safe_loader(yaml)(text)
         node = loader.get_single_node()
         if node is None:
             return {}, {}
@@ -56,14 +57,41 @@ def load_yaml_text(text: str, origin: str) -> tuple[Any, dict[Path_, int]]:
         data = loader.construct_document(node)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f"{origin}:{mark.line + 1}" if mark else origin
+        position = getattr(exc, "position", None)  # a ReaderError (a NUL, a control character)
+        line = mark.line + 1 if mark else text.count("\n", 0, position) + 1 if position is not None else None
+        where = f"{origin}:{line}" if line else origin
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{where}: invalid YAML: {problem}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     lines: dict[Path_, int] = {}
     _walk(node, (), lines)
     return ({} if data is None else data), lines
+
+
+_loader_class: Any = None
+
+
+def _safe_loader(yaml: Any) -> Any:
+    """PyYAML's SafeLoader, except that a value its constructors cannot build (an integer past
+    Python's digit limit, a 13th month) is a YAML error at that value's line, not a ValueError."""
+    global _loader_class
+    if _loader_class is None:
+        from rung.errors import excerpt
+
+        class Loader(yaml.SafeLoader):
+            def construct_object(self, node: Any, deep: bool = False) -> Any:
+                try:
+                    return super().construct_object(node, deep=deep)
+                except (ValueError, OverflowError) as exc:
+                    kind = str(node.tag).rsplit(":", 1)[-1]
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"cannot read {excerpt(node.value)} as {kind} ({str(exc).split(';')[0]})",
+                        node.start_mark) from None
+
+        _loader_class = Loader
+    return _loader_class
 
 
 def _check_nesting(text: str, origin: str, yaml: Any) -> None:
