@@ -235,6 +235,22 @@ class BaseBackend:
     def count_tokens(self, text: str) -> int:
         raise NotImplementedError(f"{type(self).__name__} cannot count tokens")
 
+    def generate_structured(self, request: GenerationRequest, schema: Any) -> Any:
+        """An instance of the pydantic model `schema` (a JSON-schema dict: the JSON value).
+
+        The request goes out with `constraint` set, so a local backend decodes only JSON of the
+        schema (`rung.decoding.structured`); the reply is parsed and validated, and one that
+        does not fit is asked again with another seed (`structured.generate_structured`).
+        Hosted backends override this with their API's structured outputs.
+        """
+        from rung.decoding.structured import generate_structured
+
+        return generate_structured(self, request, schema)
+
+    async def agenerate_structured(self, request: GenerationRequest, schema: Any) -> Any:
+        """`generate_structured` for asyncio callers."""
+        return await asyncio.to_thread(self.generate_structured, request, schema)
+
 
 @runtime_checkable
 class Tokenizer(Protocol):

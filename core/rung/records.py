@@ -92,6 +92,11 @@ class GenerationRequest:
     # a tool's name (that one).
     tools: tuple[ToolSpec, ...] = ()
     tool_choice: str | None = None
+    # Structured output: decode only JSON that fits this schema (a `rung.decoding.structured.
+    # JsonSchema`, a pydantic model class or a JSON-schema dict). Local backends (torch, hf,
+    # jax) mask every step's logits by it; others ignore it: call `backend.generate_structured`,
+    # which sets it, parses the reply and retries what does not fit.
+    constraint: Any = None
 
     def __post_init__(self) -> None:
         if not self.messages and self.prompt is None:

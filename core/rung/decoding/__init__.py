@@ -66,5 +66,6 @@ def request_to_prompt(
     if chat:
         marker_ids, strings = end_of_turn(tokenizer)
         stops |= marker_ids
-    sampling = sampling_for(request, defaults, len(ids), context, stop=strings, stop_ids=frozenset(stops))
+    sampling = sampling_for(request, defaults, len(ids), context, stop=strings, stop_ids=frozenset(stops),
+                            tokenizer=tokenizer)
     return ids, sampling

@@ -10,11 +10,15 @@ everywhere, and so is a request that does not fit the model's context:
   leaves `max_tokens` unset, the backend's default is lowered to what fits (a default must
   not make a short model refuse every prompt), and only a prompt that leaves no room at all
   is an error.
+- A request's `constraint` (structured output) is bound to the tokenizer here
+  (`rung.decoding.structured.bind`: the schema's token masks); its shortest JSON must fit in
+  `max_tokens`. Rows without one carry None and their loops do no extra work.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from rung.errors import RungError
 from rung.records import GenerationRequest
@@ -33,6 +37,9 @@ class Sampling:
     stop_ids: frozenset[int] = field(default_factory=frozenset)
     logprobs: int | None = None  # None: none; 0: each token's own; k: also the k most likely
     echo: bool = False  # the prompt is echoed: with `logprobs`, its tokens are scored too
+    # Structured output: a `rung.decoding.structured.TokenConstraint` (the request's schema on
+    # this tokenizer); the loop masks each step's logits with a `TokenGuide` from it.
+    constraint: Any = None
 
     @property
     def scores_prompt(self) -> bool:
@@ -100,9 +107,11 @@ def sampling_for(
     context: int | None,
     stop: tuple[str, ...] = (),
     stop_ids: frozenset[int] = frozenset(),
+    tokenizer: Any = None,
 ) -> Sampling:
     """The request's Sampling: its settings over `defaults`, each checked; `stop`/`stop_ids`
-    are added to the request's own stop strings (end-of-turn markers, eos)."""
+    are added to the request's own stop strings (end-of-turn markers, eos); a request's
+    `constraint` is bound to `tokenizer`."""
     temperature = request.temperature if request.temperature is not None else defaults.temperature
     top_k = request.top_k if request.top_k is not None else defaults.top_k
     top_p = request.top_p if request.top_p is not None else defaults.top_p
@@ -116,6 +125,13 @@ def sampling_for(
         raise RungError(f"logprobs must be 0 (each token's own) or more, got {request.logprobs}")
     echo = bool(request.echo)
     max_tokens = fit_max_tokens(request.max_tokens, defaults.max_tokens, prompt_tokens, context, echo)
+    constraint = None
+    if getattr(request, "constraint", None) is not None:
+        if tokenizer is None:
+            raise RungError("a constrained request (structured output) needs the backend's tokenizer")
+        from rung.decoding.structured import bind
+
+        constraint = bind(request.constraint, tokenizer, max_tokens)
     return Sampling(
         max_tokens=max_tokens,
         temperature=float(temperature or 0.0),
@@ -126,4 +142,5 @@ def sampling_for(
         stop_ids=frozenset(stop_ids),
         logprobs=request.logprobs,
         echo=echo,
+        constraint=constraint,
     )

@@ -36,7 +36,7 @@ class HFBackend(BaseBackend):
     """
 
     framework = "torch"
-    capabilities = Capabilities(chat=True, streaming=True, logprobs=True, trainable=True)
+    capabilities = Capabilities(chat=True, streaming=True, logprobs=True, trainable=True, structured_output=True)
 
     def __init__(self, options: HFOptions, tokenizer: Any = None) -> None:
         from rung_hf.loading import load_model, load_tokenizer

@@ -11,6 +11,10 @@ logits processor, which sees each step's scores before temperature, top-k and to
 the model's own processors such as a repetition penalty, when its generation_config has them),
 and as the streamer, which sees the tokens chosen from them; echo scores the prompt with one
 forward pass.
+
+Structured output (`Sampling.constraint`): `constrained` adds rung-torch's `ConstrainedLogits`
+to the processors (after `StepLogprobs`, so log-probabilities stay the model's own): each
+row's guide masks the ids the schema does not allow at every step.
 """
 
 from __future__ import annotations
@@ -59,6 +63,20 @@ def left_padded(prompts: Sequence[Sequence[int]], pad_id: int, device: Any) -> t
     return ids.to(device), mask.to(device)
 
 
+
+
+def constrained(sampling: Sampling, rows: int, width: int, extra: dict[str, Any]) -> dict[str, Any]:
+    """`extra` (generate's keyword arguments) with a constrained Sampling's logits processor
+    added after any there: one guide per row (prompts `width` wide); as it was without one."""
+    if sampling.constraint is None:
+        return extra
+    from transformers import LogitsProcessorList
+
+    from rung_torch.generate import ConstrainedLogits
+
+    guides = [sampling.constraint.guide(sampling.stop_ids, sampling.max_tokens) for _ in range(rows)]
+    processors = [*extra.get("logits_processor", ()), ConstrainedLogits(guides, width)]
+    return {**extra, "logits_processor": LogitsProcessorList(processors)}
 
 
 class StepLogprobs:
@@ -176,6 +194,7 @@ def generate_rows(model: Any, prompts: Sequence[Sequence[int]], sampling: Sampli
         extra = dict(logits_processor=LogitsProcessorList([recorder]))
     if all(d.done for d in decoders):  # max_tokens 0 (echo): nothing to generate
         return
+    extra = constrained(sampling, len(prompts), width, extra)
     config = generation_config(base_config, sampling, pad_id)
     criteria = None
     if sampling.stop:

@@ -50,7 +50,7 @@ def stream_row(model: Any, prompt: list[int], sampling: Sampling, decoder: RowDe
 
     from rung.decoding import LogprobRecords
     from rung_hf.criteria import Cancel, StoppingCriteriaList
-    from rung_hf.generation import StepLogprobs, generation_config, left_padded, score_prompt
+    from rung_hf.generation import StepLogprobs, constrained, generation_config, left_padded, score_prompt
     from rung_torch.modeling import eval_mode
 
     input_ids, mask = left_padded([prompt], pad_id, device)
@@ -66,6 +66,7 @@ def stream_row(model: Any, prompt: list[int], sampling: Sampling, decoder: RowDe
         extra = dict(logits_processor=LogitsProcessorList([recorder]))
     if decoder.done:  # max_tokens 0 (echo): nothing to generate
         return
+    extra = constrained(sampling, 1, input_ids.shape[1], extra)  # structured output: the schema's mask
     config = generation_config(base_config, sampling, pad_id)
     streamer = TokenQueue(recorder)
     cancel = Cancel()

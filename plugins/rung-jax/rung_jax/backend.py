@@ -25,7 +25,7 @@ class JaxBackend(BaseBackend):
     """
 
     framework = "jax"
-    capabilities = Capabilities(chat=True, streaming=True, logprobs=True, trainable=True)
+    capabilities = Capabilities(chat=True, streaming=True, logprobs=True, trainable=True, structured_output=True)
 
     def __init__(self, options: JaxOptions | None = None, tokenizer: Tokenizer | None = None, **_: Any) -> None:
         from rung_jax import runtime

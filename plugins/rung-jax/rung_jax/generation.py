@@ -14,6 +14,11 @@ same keys and choices, and each step also returns the log-softmax of the logits 
 the token (the model's own, before temperature, top-k and top-p) at that token and its
 TOP_LOGPROBS largest, the prefill the same for every prompt position (echo). Its programs are
 separate, so a request without log-probabilities runs exactly as before.
+
+Structured output (`Sampling.constraint`): `generate_ids`, `stream_ids` and `stream_scored`
+hand a constrained request to `_constrained`, step-by-step programs that take each step's
+allowed-ids mask (from the row's `TokenGuide`) as an input and pick only among those ids (the
+scores stay the model's own). Unconstrained requests run the programs above, unchanged.
 """
 
 from __future__ import annotations
@@ -146,8 +151,71 @@ def _setup(model: nnx.Module, prompt: Sequence[int], sampling: Sampling, dtype: 
     return graphdef, state, padded, n, max_new, prompt_len, cache_len, jax.random.key(seed), knobs
 
 
+@lru_cache(maxsize=32)
+def _masked_programs(graphdef: Any, prompt_len: int, cache_len: int):
+    """`_scored_programs` picking only where a mask [V] (bool) allows: structured output."""
+
+    def prefill(state, prompt, n_prompt, key, mask, temperature, top_k, top_p):
+        model = nnx.merge(graphdef, state)
+        cache = model.init_cache(1, cache_len)
+        logits, cache = model.decode(prompt, cache, 0)
+        key, sub = jax.random.split(key)
+        last = logits[0, n_prompt - 1]
+        token = choose(jnp.where(mask, last, -jnp.inf), sub, temperature, top_k, top_p)
+        return token, cache, key, _scores(last, token), _scores(logits[0, :-1], prompt[0, 1:])
+
+    def step(state, token, cache, index, key, mask, temperature, top_k, top_p):
+        model = nnx.merge(graphdef, state)
+        logits, cache = model.decode(token.reshape(1, 1), cache, index)
+        key, sub = jax.random.split(key)
+        last = logits[0, -1]
+        token = choose(jnp.where(mask, last, -jnp.inf), sub, temperature, top_k, top_p)
+        return token, cache, key, _scores(last, token)
+
+    return jax.jit(prefill), jax.jit(step, donate_argnums=(2,))
+
+
+def _constrained(model: nnx.Module, prompt: Sequence[int], sampling: Sampling, dtype: Any = None
+                 ) -> tuple[tuple[list[float], list[list[float]], list[list[int]]], Iterator[tuple[int, Scores]]]:
+    """`stream_scored` under `sampling.constraint`: each step picks among the ids the row's
+    guide allows (a mask per guide state, cached on the constraint)."""
+    graphdef, state, padded, n, max_new, p_len, c_len, key, knobs = _setup(model, prompt, sampling, dtype)
+    prefill, step = _masked_programs(graphdef, p_len, c_len)
+    constraint, vocab = sampling.constraint, model.arch.vocab_size
+    guide = constraint.guide(sampling.stop_ids, max_new)
+
+    def mask() -> np.ndarray:
+        allowed, ids = guide.allowed()
+        found = constraint.cache.get((allowed, "jax", vocab))
+        if found is None:
+            found = np.zeros((vocab,), bool)
+            found[ids if ids and not guide.failed else slice(None)] = True
+            constraint.cache[(allowed, "jax", vocab)] = found
+        return found
+
+    token, cache, key, scores, prompt_scores = prefill(state, padded, jnp.int32(n), key, mask(), *knobs)
+    own, values, ids = (np.asarray(a)[: n - 1].tolist() for a in prompt_scores)
+
+    def tokens() -> Iterator[tuple[int, Scores]]:
+        nonlocal token, cache, key, scores
+        for i in range(1, max_new + 1):
+            value = int(token)
+            lp, top_values, top_ids = (np.asarray(a).tolist() for a in scores)
+            yield value, (lp, top_values, top_ids)
+            if i == max_new or value in sampling.stop_ids:
+                return
+            guide.advance(value)
+            if guide.finished:  # complete JSON and no stop id to end it
+                return
+            token, cache, key, scores = step(state, token, cache, jnp.int32(n + i - 1), key, mask(), *knobs)
+
+    return (own, values, ids), tokens()
+
+
 def generate_ids(model: nnx.Module, prompt: Sequence[int], sampling: Sampling, dtype: Any = None) -> list[int]:
     """Every token of one completion (a final stop token included), decoded inside one jit."""
+    if sampling.constraint is not None:
+        return [token for token, _ in _constrained(model, prompt, sampling, dtype)[1]]
     graphdef, state, padded, n, max_new, p_len, c_len, key, knobs = _setup(model, prompt, sampling, dtype)
     _, _, whole = _programs(graphdef, p_len, c_len)
     stops = np.full((MAX_STOP_IDS,), -1, np.int32)
@@ -159,6 +227,9 @@ def generate_ids(model: nnx.Module, prompt: Sequence[int], sampling: Sampling, d
 
 def stream_ids(model: nnx.Module, prompt: Sequence[int], sampling: Sampling, dtype: Any = None) -> Iterator[int]:
     """The tokens of one completion one at a time (jitted prefill, then one jitted step each)."""
+    if sampling.constraint is not None:
+        yield from (token for token, _ in _constrained(model, prompt, sampling, dtype)[1])
+        return
     graphdef, state, padded, n, max_new, p_len, c_len, key, knobs = _setup(model, prompt, sampling, dtype)
     prefill, step, _ = _programs(graphdef, p_len, c_len)
     token, cache, key = prefill(state, padded, jnp.int32(n), key, *knobs)
@@ -178,6 +249,8 @@ def stream_scored(model: nnx.Module, prompt: Sequence[int], sampling: Sampling, 
     """(the prompt's scores, the tokens of one completion with theirs): `stream_ids` with
     log-probabilities. The prefill runs now; the prompt's scores are (logprobs of tokens 1..n-1,
     their top values, top ids)."""
+    if sampling.constraint is not None:
+        return _constrained(model, prompt, sampling, dtype)
     graphdef, state, padded, n, max_new, p_len, c_len, key, knobs = _setup(model, prompt, sampling, dtype)
     prefill, step = _scored_programs(graphdef, p_len, c_len)
     token, cache, key, scores, prompt_scores = prefill(state, padded, jnp.int32(n), key, *knobs)

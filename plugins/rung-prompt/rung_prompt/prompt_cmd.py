@@ -8,6 +8,7 @@ import click
 
 from rung_prompt.options import backend_options, sampling
 from rung_prompt.reply import log_reply, note, quiet_broken_pipe
+from rung_prompt.structuring import schema_option, send_structured
 from rung_prompt.target import build_target
 from rung_prompt.templating import template_options
 from rung_prompt.tooling import send, tool_options
@@ -22,11 +23,13 @@ from rung_prompt.tooling import send, tool_options
 @click.option("--no-stream", is_flag=True, help="wait for the whole reply instead of streaming it")
 @click.option("-v", "--verbose", is_flag=True, help="print model, token usage and timing to stderr")
 @tool_options
+@schema_option
 @quiet_broken_pipe
 def prompt(text: str | None, backend: str | None, model: str | None, config: str | None, options: tuple[str, ...],
            system: str | None, temperature: float | None, top_p: float | None, max_tokens: int | None,
            stop: tuple[str, ...], seed: int | None, no_log: bool, template: str | None, params: tuple[str, ...],
-           raw: bool, no_stream: bool, verbose: bool, tools: tuple[str, ...], max_rounds: int) -> None:
+           raw: bool, no_stream: bool, verbose: bool, tools: tuple[str, ...], max_rounds: int,
+           schema: str | None) -> None:
     """Send TEXT (or stdin, with '-' or no TEXT) to a backend; the reply streams to stdout.
 
     \b
@@ -37,6 +40,7 @@ def prompt(text: str | None, backend: str | None, model: str | None, config: str
     rung prompt -b torch -m runs/stdlib/model --raw "def fibonacci(n):"
     rung prompt -t summarise -p words=5 "TEXT"          (a template: rung templates list)
     rung prompt --tool mytools:get_weather "Weather in Oslo?"   (the model may call it)
+    rung prompt -b torch -m runs/sft/model --schema person.json "Describe Ada"   (JSON of the schema)
     """
     from rung.records import GenerationRequest, Message
 
@@ -80,7 +84,12 @@ def prompt(text: str | None, backend: str | None, model: str | None, config: str
         request = GenerationRequest(prompt=text, raw=True, **settings)
     else:  # a user turn: a chat model answers it through its template
         request = GenerationRequest(messages=(Message("user", text),), system=system, **settings)
-    reply = send(target, request, tools, max_rounds, stream=not no_stream)
+    if schema is not None and tools:
+        raise click.UsageError("--schema asks for JSON, --tool for calls: drop one of them")
+    if schema is not None:
+        reply = send_structured(target, request, schema)
+    else:
+        reply = send(target, request, tools, max_rounds, stream=not no_stream)
     note(reply, target, verbose)
     if not no_log:
         log_reply(target, {**settings, "raw": True} if raw else settings, text, system, reply)

@@ -29,7 +29,7 @@ class TorchBackend(BaseBackend):
     """
 
     framework = "torch"
-    capabilities = Capabilities(chat=True, streaming=True, logprobs=True, trainable=True)
+    capabilities = Capabilities(chat=True, streaming=True, logprobs=True, trainable=True, structured_output=True)
 
     def __init__(self, options: TorchOptions | None = None, tokenizer: Tokenizer | None = None, **_: Any) -> None:
         self.options = options if options is not None else TorchOptions()

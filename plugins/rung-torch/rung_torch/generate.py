@@ -14,6 +14,11 @@ logits that chose the tokens (the model's distribution, before temperature, top-
 gives the chosen token's entry and the k largest; with `Sampling.echo` the prefill computes the
 logits of every prompt position and scores the prompt the same way. A step of rows that ask for
 none does no extra work.
+
+Structured output (`Sampling.constraint`): each constrained row has a `TokenGuide`
+(`rung.decoding.structured`); before each pick `constrain` leaves only the ids the guide
+allows (the logprobs still come from the model's own logits), after it the guide advances.
+A step of unconstrained rows does no extra work.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import torch.nn.functional as F
 
 from rung.decoding import RowDecoder, Sampling, context_error  # noqa: F401  (re-exported)
 from rung.decoding.logprobs import LogprobRecords, top_count
+from rung.decoding.structured import TokenGuide, start_guides
 from rung.errors import RungError
 from rung.records import TokenLogprob
 from rung_torch.model import KVCache
@@ -80,6 +86,52 @@ def choose(logits: torch.Tensor, rows: Sequence[Sampling],
             return picked
         chosen[torch.tensor(members, device=chosen.device)] = picked
     return chosen
+
+
+def constrain(logits: torch.Tensor, guides: Sequence[TokenGuide | None], done: Sequence[bool]) -> torch.Tensor:
+    """`logits` (batch, vocab) with every id a row's guide does not allow at -inf (a copy; the
+    same tensor when no row is constrained now). Each (state, budget) has its ids tensor cached
+    on the constraint, so a step costs a lookup and one index per constrained row."""
+    masked = None
+    for i, guide in enumerate(guides):
+        if guide is None or done[i] or guide.failed:
+            continue
+        key, ids = guide.allowed()
+        if not ids:
+            continue
+        index = guide.constraint.cache.get((key, logits.device))
+        if index is None:
+            index = guide.constraint.cache[(key, logits.device)] = torch.tensor(ids, dtype=torch.long,
+                                                                                device=logits.device)
+        if masked is None:
+            masked = logits.clone()
+        row = torch.full_like(masked[i], float("-inf"))
+        row[index] = logits[i, index]
+        masked[i] = row
+    return logits if masked is None else masked
+
+
+class ConstrainedLogits:
+    """A transformers logits processor applying each row's guide (`constrain`): it advances
+    the guides by the tokens `generate` chose since its last call. A row past a stop id is
+    left alone (transformers pads it)."""
+
+    def __init__(self, guides: Sequence[TokenGuide | None], width: int) -> None:
+        self.guides, self.width = list(guides), width
+        self.seen = 0
+        self.ended = [False] * len(self.guides)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        new = input_ids[:, self.width + self.seen:].tolist()
+        self.seen += len(new[0]) if new else 0
+        for i, tokens in enumerate(new):
+            guide = self.guides[i]
+            for token in tokens:
+                if guide is None or self.ended[i]:
+                    break
+                self.ended[i] = token in guide.stop_ids
+                guide.advance(token)
+        return constrain(scores, self.guides, self.ended)
 
 
 @dataclass
@@ -334,6 +386,7 @@ def generate_tokens(
     top = top_count(rows)  # None: no row asks for log-probabilities (no extra work at all)
     records = LogprobRecords(decoders[0].tokenizer) if top is not None else None
     echo = any(r.scores_prompt for r in rows)
+    guides = start_guides(rows)  # None: no row is constrained (no extra work)
     with computing(device, n_params * B * T):
         forward = forward_for(model, dtype)
         cache = KVCache.allocate(config, B, total, device, dtype)
@@ -349,7 +402,10 @@ def generate_tokens(
     pos = T
     while True:
         with computing(device, n_params * B):
-            next_tokens = choose(logits, rows, generators)
+            if guides is None:
+                next_tokens = choose(logits, rows, generators)
+            else:
+                next_tokens = choose(constrain(logits, guides, [d.done for d in decoders]), rows, generators)
             tokens = next_tokens.tolist()
             entries = _step_logprobs(logits, next_tokens, tokens, rows, decoders, top, records) if top is not None \
                 else None
@@ -358,6 +414,10 @@ def generate_tokens(
             if decoder.done:
                 continue
             text = decoder.push(token, entries[i] if entries is not None else None)
+            if guides is not None and guides[i] is not None and not decoder.done:
+                guides[i].advance(token)
+                if guides[i].finished:  # complete JSON and no stop id to end it
+                    text += decoder.finish("stop")
             if not decoder.done and (pos + 1 - pads[i] >= context or pos + 1 >= total):
                 text += decoder.finish("length")  # prompt + answer fill the context
             if text or decoder.done:
