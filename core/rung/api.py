@@ -40,6 +40,37 @@ def make_config_section(kind: str, data: Mapping[str, Any]) -> Any:
         raise ConfigError(f"{kind} '{data['name']}': {where}: {first['msg']}") from None
 
 
+def backend_section(backend: str | None, model: str | None = None, config: str | Path | None = None,
+                    options: Sequence[str] = (), default: str | None = None) -> Any:
+    """The backend section a command line describes, validated: `-b NAME -m MODEL -o KEY=VALUE`,
+    or the `backend` section of a config file (`-c`) with those applied on top. Every command
+    that takes a model (`rung prompt`, `rung chat`, `rung eval`, ...) reads its options this way,
+    so errors name the option or the file's line alike."""
+    from rung.config import apply_override
+    from rung.errors import RungError
+
+    for item in options:
+        if "=" not in item:
+            raise RungError(f"-o {item}: expected KEY=VALUE, e.g. -o base_url=http://localhost:8000/v1")
+    if config is not None:
+        overrides = [f"backend.{item}" for item in options]
+        if backend:
+            overrides.insert(0, f"backend.name={backend}")
+        if model:
+            overrides.append(f"backend.model={model}")
+        return load_config(config, overrides).backend
+    name = backend or default
+    if name is None:
+        raise RungError("name a backend: -b NAME (see `rung plugins`) or -c CONFIG")
+    data: dict[str, Any] = {"name": name}
+    if model:
+        data["model"] = model
+    for item in options:
+        apply_override(data, item)
+    get_plugins().registry.get("backend", name)  # an unknown name: one line listing those installed
+    return make_config_section("backend", data)
+
+
 def ask(backend: Backend, prompt: str, system: str | None = None, **sampling: Any) -> Completion:
     """One prompt to one backend: ``rung.ask(b, "Hello", max_tokens=20).text``."""
     request = GenerationRequest(messages=(Message("user", prompt),), system=system, **sampling)

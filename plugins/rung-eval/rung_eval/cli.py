@@ -33,43 +33,17 @@ class Column:
         return {"label": self.label, "backend": self.backend, "model": self.model}
 
 
-def backend_section(plugins: Any, backend: str | None, model: str | None, config: str | None,
-                    options: Sequence[str]) -> Any:
-    """The backend section `-b/-m/-c/-o` describe, validated (errors name the option or file)."""
-    from rung.config import apply_override
-
-    for item in options:
-        if "=" not in item:
-            raise RungError(f"-o {item}: expected KEY=VALUE, e.g. -o device=cpu")
-    if config is not None:
-        from rung.config import load_config
-
-        overrides = [f"backend.{item}" for item in options]
-        if backend:
-            overrides.insert(0, f"backend.name={backend}")
-        if model:
-            overrides.append(f"backend.model={model}")
-        return load_config(config, overrides).backend
-    from rung.api import make_config_section
-
-    data: dict[str, Any] = {"name": backend}
-    if model:
-        data["model"] = model
-    for item in options:
-        apply_override(data, item)
-    plugins.registry.get("backend", data["name"])  # an unknown name: one line listing those installed
-    return make_config_section("backend", data)
-
-
 def columns(plugins: Any, backend: str | None, models: Sequence[str], configs: Sequence[str],
             options: Sequence[str]) -> list[Column]:
     """The models to evaluate: every config (or the -b backend) with every -m model (or its own)."""
+    from rung.api import backend_section
+
     if not configs and not backend:
         raise click.UsageError("name the model: -b BACKEND -m MODEL (e.g. -b torch -m runs/x/model) or -c CONFIG")
     out: list[Column] = []
     for config in configs or [None]:
         for model in models or [None]:
-            section = backend_section(plugins, backend, model, config, options)
+            section = backend_section(backend, model, config, options)
             name = section.name
             chosen = getattr(section, "model", None)
             label = model or (str(chosen) if chosen else Path(config).stem if config else name)
