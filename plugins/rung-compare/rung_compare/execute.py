@@ -80,8 +80,18 @@ def concurrency_of(spec_concurrency: int | None, default: int | None, section: A
 
 def ask_all(works: Sequence[Work], on_reply: Callable[[str, str, Reply], None]) -> None:
     """Answer every work's requests, all backends at once; `on_reply(label, key, reply)` as each arrives."""
-    if any(w.requests for w in works):
+    if not any(w.requests for w in works):
+        return
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
         asyncio.run(_ask_all(works, on_reply))
+        return
+    # Called from inside a running loop (a notebook, Playwright's sync API): a loop of its own in a thread.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(asyncio.run, _ask_all(works, on_reply)).result()
 
 
 async def _ask_all(works: Sequence[Work], on_reply: Callable[[str, str, Reply], None]) -> None:
