@@ -20,6 +20,7 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 # The line each benchmark prints its ratio on (re.M: ^ and $ are line ends).
 RATIO_LINES = {
     "api_overhead": r"^openai request latency .* \d+\.\d{3}x$",
+    "compare_concurrency": r"^rung compare / one-by-one SDK: wall \d+\.\d{3}x",
     "dpo_vs_trl": r"^rung-torch/trl: steps/s \d+\.\d\dx \(goal >= 1\.5x\)",
     "eval_vs_harness": r"^rung/harness-hf: tokens/s \d+\.\d\dx \(goal >= 1\.5x\)",
     "grpo_vs_trl": r"^rung-torch/trl: steps/s \d+\.\d\dx \(goal >= 2x\)",
