@@ -92,3 +92,25 @@ tests: [{{vars: {{x: a}}}}, {{vars: {{x: b}}}}]
     server.reset()
     again = run_suite(load_suite(suite_path), cache)
     assert len(server.requests) == 1 and all(r.reply.error is None for r in again.results)
+
+
+def test_a_prompt_can_be_a_rung_template_beside_the_suite(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    (tmp_path / "greet.yaml").write_text(
+        "system: Be {{ tone }}.\nprompt: Greet {{ name }}\nexamples:\n  - {user: Greet Ann, assistant: Hi Ann}\n"
+        "variables:\n  tone: warm\ntemperature: 0.3\nmodel: some-other-model\n")
+    suite_path = tmp_path / "suite.yaml"
+    suite_path.write_text(f"""
+prompts: [{{template: greet}}]
+options: {{max_tokens: 9}}
+backends: [{{name: openai, model: gpt-test, base_url: "{server.openai_base_url}"}}]
+tests: [{{vars: {{name: Bo}}, assert: [{{type: equals, value: "echo: Greet {{{{name}}}}"}}]}}]
+""")
+    run = run_suite(load_suite(suite_path), ReplyCache(tmp_path / "cache"))
+    assert [r.passed for r in run.results] == [True] and run.results[0].prompt == "greet"
+    body = server.requests[-1].body
+    assert body["messages"] == [{"role": "system", "content": "Be warm."}, {"role": "user", "content": "Greet Ann"},
+                                {"role": "assistant", "content": "Hi Ann"}, {"role": "user", "content": "Greet Bo"}]
+    # the template's sampling is a default the suite's options add to; the suite's backend picks the model
+    assert body["model"] == "gpt-test" and body["temperature"] == 0.3
+    assert body.get("max_completion_tokens", body.get("max_tokens")) == 9
