@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rung.disk import is_disk_full
 from rung.errors import RungError
 
 
@@ -139,13 +140,43 @@ def shard_stage(options: Any, work: Path, out: Path, tokenizer_file: Path, token
 # ------------------------------------------------------------------------------ running
 
 
+class LogFile:
+    """A log sink that drops what it cannot write.
+
+    On a full disk every log line fails, and loguru prints each failure with its traceback
+    to stderr (dozens of lines per task): the log is only a record, and the error that matters
+    reaches the user through the stage's exception, so a line that cannot be written is
+    dropped. `owned`: close the stream when loguru removes the sink.
+    """
+
+    def __init__(self, stream: Any, owned: bool = False) -> None:
+        self.stream, self.owned = stream, owned
+
+    @classmethod
+    def at(cls, path: str | Path) -> LogFile:
+        return cls(open(path, "a", encoding="utf-8"), owned=True)
+
+    def write(self, message: str) -> None:
+        with contextlib.suppress(OSError, ValueError):  # ValueError: written after close
+            self.stream.write(message)
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.stream.flush()
+
+    def stop(self) -> None:
+        if self.owned:
+            with contextlib.suppress(OSError, ValueError):
+                self.stream.close()
+
+
 def _quiet_task_logger(logging_dir: Any, rank: int, local_rank: int = 0, node_rank: int = -1) -> Any:
     """datatrove's task logger, writing to its log file only (rung draws progress bars)."""
     from datatrove.utils.logging import logger
 
     logger.remove()
     logfile = logging_dir.open(f"logs/task_{rank:05d}.log", "w")
-    logger.add(logfile, colorize=False, level="DEBUG",
+    logger.add(LogFile(logfile), colorize=False, level="DEBUG",
                format="{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <8} | {name}:{function}:{line} - {message}")
     logger.info(f"Launching pipeline for {rank=}")
     return logfile
@@ -161,8 +192,9 @@ def _quiet_close_task_logger(logfile: Any) -> None:
     logger.complete()
     logger.remove()
     if _MAIN_LOG:
-        logger.add(_MAIN_LOG[-1], level="DEBUG")
-    logfile.close()
+        logger.add(LogFile.at(_MAIN_LOG[-1]), level="DEBUG")
+    with contextlib.suppress(OSError):  # its last buffered lines on a full disk: dropped
+        logfile.close()
 
 
 def _no_tqdm(iterable: Any = None, *args: Any, **kwargs: Any) -> Any:
@@ -181,7 +213,7 @@ def quiet_datatrove(log_file: Path) -> Iterator[None]:
     log_file.parent.mkdir(parents=True, exist_ok=True)
     _MAIN_LOG.append(str(log_file))
     logger.remove()
-    logger.add(str(log_file), level="DEBUG")
+    logger.add(LogFile.at(log_file), level="DEBUG")
     try:
         yield
     finally:
@@ -201,11 +233,16 @@ def run_stage(stage: Stage, logging_dir: Path, workers: int) -> Path:
     method = "fork" if linux_fork_safe else "forkserver"
     executor = LocalPipelineExecutor(stage.pipeline, tasks=stage.tasks, workers=min(workers, stage.tasks),
                                      logging_dir=str(logging_dir), skip_completed=False, start_method=method)
+    from rung_pretrain.workers import dying_with_parent
+
     try:
-        executor.run()
+        with dying_with_parent(method):  # a killed `rung prepare` leaves no worker behind
+            executor.run()
     except RungError:
         raise
     except Exception as exc:
+        if is_disk_full(exc):  # `prepare` says it in one line and removes its work files
+            raise
         text = str(exc).strip().splitlines()
         raise RungError(
             f"data preparation failed in stage '{stage.name}' ({type(exc).__name__}: {text[0] if text else ''}); "
