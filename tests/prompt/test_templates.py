@@ -188,6 +188,17 @@ def test_a_templates_tools_are_offered_and_called(cli, server):
     assert answered["messages"][-1]["role"] == "tool" and answered["messages"][-1]["content"] == "5"
 
 
+def test_a_templates_schema_asks_for_json_that_fits_it(cli, server):
+    write_template(cli.templates, "person", "prompt: 'Describe {{ input }} as JSON.'\nschema:\n  type: object\n"
+                                            "  properties: {name: {type: string}, born: {type: integer}}\n"
+                                            "  required: [name, born]\n")
+    server.reply('{"name": "Ada", "born": "long ago"}')  # does not fit: asked again
+    server.reply('{"name": "Ada", "born": 1815}')
+    proc = cli("prompt", "-t", "person", *cli.openai, "Ada Lovelace")
+    assert json.loads(proc.stdout) == {"name": "Ada", "born": 1815}
+    assert server.requests[-1].body["messages"][0] == {"role": "user", "content": "Describe Ada Lovelace as JSON."}
+
+
 def test_rung_chat_starts_from_the_templates_system_and_few_shot_turns(cli, server):
     proc = cli("chat", "-t", "summarise", "-p", "words=3", input="Rivers flow.\nSeas are salty.\n")
     assert proc.stdout == ("echo: Summarise in at most 3 words:\nRivers flow.\n"

@@ -29,7 +29,7 @@ def prompt(text: str | None, backend: str | None, model: str | None, config: str
            system: str | None, temperature: float | None, top_p: float | None, max_tokens: int | None,
            stop: tuple[str, ...], seed: int | None, no_log: bool, template: str | None, params: tuple[str, ...],
            raw: bool, no_stream: bool, verbose: bool, tools: tuple[str, ...], max_rounds: int,
-           schema: str | None) -> None:
+           schema: str | dict | None) -> None:
     """Send TEXT (or stdin, with '-' or no TEXT) to a backend; the reply streams to stdout.
 
     \b
@@ -47,43 +47,28 @@ def prompt(text: str | None, backend: str | None, model: str | None, config: str
     if template is not None or params:
         from rung_prompt import templating
 
-        loaded, variables = templating.load(template, params)
-        if raw:
-            raise click.UsageError("--raw continues plain text; a template (-t) builds chat turns: drop one of them")
-        if text == "-" or (text is None and loaded.takes_input and "input" not in variables
-                           and not sys.stdin.isatty()):
-            text = sys.stdin.read().rstrip("\n") or None  # nothing piped in: no text
-        if text is not None:
-            if not loaded.takes_input:
-                raise click.UsageError(f"template '{loaded.name}' takes no text (its prompt has no {{{{ input }}}}); "
-                                       f"give its variables with -p VAR=VALUE")
-            variables["input"] = text
+        prepared = templating.prepare(template, params, text, system, raw, (backend, model, config, options),
+                                      sampling(temperature, top_p, max_tokens, stop, seed))
+        target, request, text, system = prepared.target, prepared.request, prepared.prompt, prepared.system
+        logged, tools = prepared.logged_settings, (*prepared.tools, *tools)
+        schema = schema if schema is not None else prepared.schema
+    else:
+        if text is None or text == "-":
+            if sys.stdin.isatty():
+                raise click.UsageError("give the prompt: rung prompt \"TEXT\" (or pipe it on stdin)")
+            text = sys.stdin.read().rstrip("\n")
+        if not text.strip():
+            raise click.UsageError("the prompt is empty")
+        if raw and system is not None:
+            raise click.UsageError("--raw continues TEXT as plain text, so there is no turn for --system; "
+                                   "drop one of them")
+        target = build_target(backend, model, config, options)
         settings = sampling(temperature, top_p, max_tokens, stop, seed)
-        request = templating.render(loaded, lambda: loaded.render(variables, system=system, **settings))
-        backend, model, options = templating.backend_defaults(loaded, backend, model, config, options)
-        target = build_target(backend, model, config, options)  # after the template's checks: they are quick
-        settings = templating.sampling_defaults(loaded, settings)
-        reply = send(target, request, (*loaded.tools, *tools), max_rounds, stream=not no_stream)
-        note(reply, target, verbose)
-        if not no_log:
-            sent_system = next((m.content for m in request.messages if m.role == "system"), None)
-            log_reply(target, templating.logged_settings(loaded, settings), request.messages[-1].content,
-                      sent_system, reply)
-        return
-    if text is None or text == "-":
-        if sys.stdin.isatty():
-            raise click.UsageError("give the prompt: rung prompt \"TEXT\" (or pipe it on stdin)")
-        text = sys.stdin.read().rstrip("\n")
-    if not text.strip():
-        raise click.UsageError("the prompt is empty")
-    if raw and system is not None:
-        raise click.UsageError("--raw continues TEXT as plain text, so there is no turn for --system; drop one of them")
-    target = build_target(backend, model, config, options)
-    settings = sampling(temperature, top_p, max_tokens, stop, seed)
-    if raw:
-        request = GenerationRequest(prompt=text, raw=True, **settings)
-    else:  # a user turn: a chat model answers it through its template
-        request = GenerationRequest(messages=(Message("user", text),), system=system, **settings)
+        if raw:
+            request = GenerationRequest(prompt=text, raw=True, **settings)
+        else:  # a user turn: a chat model answers it through its template
+            request = GenerationRequest(messages=(Message("user", text),), system=system, **settings)
+        logged = {**settings, "raw": True} if raw else settings
     if schema is not None and tools:
         raise click.UsageError("--schema asks for JSON, --tool for calls: drop one of them")
     if schema is not None:
@@ -92,4 +77,4 @@ def prompt(text: str | None, backend: str | None, model: str | None, config: str
         reply = send(target, request, tools, max_rounds, stream=not no_stream)
     note(reply, target, verbose)
     if not no_log:
-        log_reply(target, {**settings, "raw": True} if raw else settings, text, system, reply)
+        log_reply(target, logged, text, system, reply)

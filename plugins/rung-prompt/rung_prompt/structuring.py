@@ -69,11 +69,12 @@ def load_schema(reference: str) -> Any:
     return model
 
 
-def send_structured(target: Target, request: Any, reference: str) -> Reply:
-    """Ask for JSON of the schema; print it (validated) and return the reply for the log."""
+def send_structured(target: Target, request: Any, reference: str | dict) -> Reply:
+    """Ask for JSON of the schema (a --schema reference, or a template's schema dict); print it
+    (validated) and return the reply for the log."""
     from rung.decoding.structured import JsonSchema, generate_structured
 
-    schema = load_schema(reference)
+    schema = load_schema(reference) if isinstance(reference, str) else reference
     JsonSchema.of(schema)  # a schema the constraint cannot follow is one line before anything is sent
     reply = Reply()
     start = time.perf_counter()

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import difflib
 import json
+import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import click
@@ -90,3 +92,43 @@ def render(template: Any, render_call: Callable[[], Any]) -> Any:
 def logged_settings(template: Any, settings: dict[str, Any]) -> dict[str, Any]:
     """What the log records with the request's sampling: the template's name too."""
     return settings if template is None else {**settings, "template": template.name}
+
+
+@dataclass
+class Prepared:
+    """`rung prompt -t`'s request, the backend to send it to, and what the log records."""
+
+    target: Any
+    request: Any
+    prompt: str  # the rendered user turn
+    system: str | None  # the system message sent
+    logged_settings: dict[str, Any]
+    tools: tuple[str, ...]  # the template's
+    schema: dict[str, Any] | None  # the template's
+
+
+def prepare(template: str | None, params: tuple[str, ...], text: str | None, system: str | None, raw: bool,
+            backend_args: tuple[Any, Any, Any, tuple[str, ...]], settings: dict[str, Any]) -> Prepared:
+    """`rung prompt -t NAME -p ... [TEXT]`: TEXT (or stdin) is the `input` variable; the template
+    is checked and rendered before the backend is built (a mistake costs no SDK import)."""
+    from rung.prompt_templates import INPUT
+    from rung_prompt.target import build_target
+
+    loaded, variables = load(template, params)
+    if raw:
+        raise click.UsageError("--raw continues plain text; a template (-t) builds chat turns: drop one of them")
+    if text == "-" or (text is None and loaded.takes_input and INPUT not in variables and not sys.stdin.isatty()):
+        text = sys.stdin.read().rstrip("\n") or None  # nothing piped in: no text
+    if text is not None:
+        if not loaded.takes_input:
+            raise click.UsageError(f"template '{loaded.name}' takes no text (its prompt has no {{{{ input }}}}); "
+                                   f"give its variables with -p VAR=VALUE")
+        variables[INPUT] = text
+    request = render(loaded, lambda: loaded.render(variables, system=system, **settings))
+    backend, model, config, options = backend_args
+    backend, model, options = backend_defaults(loaded, backend, model, config, options)
+    target = build_target(backend, model, config, options)
+    sent_system = next((m.content for m in request.messages if m.role == "system"), None)
+    return Prepared(target, request, request.messages[-1].content, sent_system,
+                    logged_settings(loaded, sampling_defaults(loaded, settings)), loaded.tools,
+                    None if loaded.schema is None else dict(loaded.schema))
