@@ -316,4 +316,6 @@ class _Loop:
             from rung.console import get_console
 
             get_console().print(f"resuming from {found.path} (step {found.step})", highlight=False, markup=False)
+            if callable(getattr(self.run_, "resumed", None)):  # sinks drop what the killed attempt logged after
+                self.run_.resumed(found.step)
         return found.step

@@ -88,6 +88,13 @@ class Run:
             sink.log(step, metrics)
         self.plugins.hook.rung_on_step(run=self, step=step, metrics=dict(metrics))
 
+    def resumed(self, step: int) -> None:
+        """Tell the sinks that can hear it (`resumed(step)`) that the run resumed from `step`:
+        what an earlier attempt logged after it is superseded (the JSONL sink rewrites its file)."""
+        for sink in self.sinks():
+            if callable(getattr(sink, "resumed", None)):
+                sink.resumed(step)
+
     def checkpointed(self, step: int, path: str | Path) -> None:
         """Tell plugins a checkpoint is complete."""
         self.plugins.hook.rung_on_checkpoint(run=self, step=step, path=str(path))

@@ -22,6 +22,7 @@ from rung.errors import ConfigError, RungError
 from rung.jsonl import read_jsonl
 from rung.records import ChatExample, Message
 
+from rung_lora.cutting import cut_long_messages
 from rung_lora.options import ChatFieldOptions, ChatHFOptions, ChatJsonlOptions
 from rung_lora.templates import ChatRenderer, incremental_error
 
@@ -255,6 +256,7 @@ def prepare_rows(examples: Iterable[ChatExample], renderer: ChatRenderer, tokeni
     dropped = truncated = seen = 0
     for example in examples:
         seen += 1
+        example = cut_long_messages(example, tokenizer, max_length, truncation)  # bounded memory (cutting.py)
         enc = encode_chat(example, renderer, tokenizer, train_on, system_prompt)
         ids, labels = enc.ids, enc.labels()
         if len(ids) > max_length:
