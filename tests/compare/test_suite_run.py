@@ -12,6 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from rung_compare.assertions import Verdict
+from rung_compare.cache import ReplyCache
+from rung_compare.report import to_json
+from rung_compare.runner import run_suite
+from rung_compare.suite import load_suite
+
 from tests.fake_llm_server import TEST_KEY as KEY
 
 WORDS = ["apple", "river", "stone", "cloud", "maple", "tiger", "ocean", "ember", "flint", "cedar",
@@ -99,7 +105,10 @@ def expected_table() -> dict:
     return table
 
 
-def test_the_pass_table_is_what_the_server_answers_and_a_rerun_asks_nothing(compare_cli, server, tmp_path):
+def test_the_pass_table_is_what_the_server_answers_and_a_rerun_asks_nothing(compare_cli, server, tmp_path,
+                                                                           monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)  # for the runs in this process (the CLI's environment has it)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
     suite = write_suite(tmp_path, server)
     expected = expected_table()
     counts = {key: sum(flags) for key, flags in expected.items()}
@@ -137,16 +146,15 @@ def test_the_pass_table_is_what_the_server_answers_and_a_rerun_asks_nothing(comp
     changed = list(WORDS)
     changed[7] = "zebra"  # one case changes: the two prompts using {{word}} ask again, on both backends
     write_suite(tmp_path, server, changed)
+    cache = ReplyCache(tmp_path / ".rung-compare-cache")  # the CLI's default folder, beside the suite
     server.reset()
-    compare_cli(str(suite), "--json", "third.json")
-    assert sorted(_user_text(r) for r in server.requests) == sorted(
-        ["Say zebra please", "ZEBRA and 3"] * 2)
+    run_suite(load_suite(suite), cache)
+    assert sorted(_user_text(r) for r in server.requests) == sorted(["Say zebra please", "ZEBRA and 3"] * 2)
 
     server.reset()
-    compare_cli(str(suite), "--no-cache", "--concurrency", "2")  # --no-cache asks all of them again
+    run_suite(load_suite(suite), ReplyCache(cache.folder, read=False))  # --no-cache: everything asked again
     assert len(server.requests) == 120
-    cache = tmp_path / ".rung-compare-cache"
-    written = b"".join(p.read_bytes() for p in cache.rglob("*.json"))
+    written = b"".join(p.read_bytes() for p in cache.folder.rglob("*.json"))
     assert written and KEY.encode() not in written
     for name in ("out.json", "out.html"):
         assert KEY not in (tmp_path / name).read_text()
@@ -157,7 +165,9 @@ def _user_text(recorded) -> str:
     return content if isinstance(content, str) else " ".join(part["text"] for part in content)
 
 
-def test_judges_ask_a_backend_and_are_cached_too(compare_cli, server, tmp_path):
+def test_judges_ask_a_backend_and_are_cached_too(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
     suite = tmp_path / "judged.yaml"
     suite.write_text(f"""
 prompts: ["Say {{{{word}}}} please", "{{{{word}}}}"]
@@ -176,8 +186,8 @@ tests:
       - type: llm-rubric
         value: the reply says please
 """)
-    compare_cli(str(suite), "--json", "out.json")
-    out = json.loads((tmp_path / "out.json").read_text())
+    cache = ReplyCache(tmp_path / "cache")
+    out = to_json(run_suite(load_suite(suite), cache))
     by = {(r["prompt"], r["backend"], r["case"]): r for r in out["results"]}
     judged = by[("Say {{word}} please", "oa", 0)]["assertions"]
     assert [a["pass"] for a in judged] == [True, True] and judged[0]["score"] == 9.0
@@ -192,5 +202,10 @@ tests:
     assert {"Score: 9", "Score: 2", "yes, says the judge"} < set(judge_texts)
     assert sum("Rubric: the reply says please" in t for t in judge_texts) == 2
     server.reset()
-    compare_cli(str(suite))
-    assert server.requests == []
+    again = run_suite(load_suite(suite), cache)
+    assert server.requests == [] and [r.verdicts for r in again.results] == [
+        [_verdict(a) for a in r["assertions"]] for r in out["results"]]
+
+
+def _verdict(data: dict) -> Verdict:
+    return Verdict(data["type"], data["pass"], data["score"], data["reason"])
