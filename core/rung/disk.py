@@ -16,7 +16,7 @@ import contextlib
 import errno
 import os
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from rung.errors import RungError
@@ -97,11 +97,15 @@ def remove_paths(paths: Iterable[str | Path]) -> None:
                 path.unlink()
 
 
+Removable = Iterable[str | Path] | Callable[[], Iterable[str | Path]]
+
+
 def disk_full_error(path: str | Path, needed: int | None, exc: BaseException | None = None, *,
-                    remove: Iterable[str | Path] = (), note: str = "") -> DiskFullError:
+                    remove: Removable = (), note: str = "") -> DiskFullError:
     """The one-line error for a write of about `needed` bytes to `path` that found the disk
-    full; the paths in `remove` are deleted first, so the free space said is what is left."""
-    remove_paths(remove)
+    full; the paths in `remove` (or that it returns, when a callable: temporary names known
+    only after the write began) are deleted first, so the free space said is what is left."""
+    remove_paths(remove() if callable(remove) else remove)
     code = full_disk_errno(exc) or errno.ENOSPC
     if isinstance(exc, DiskFullError):
         return exc
@@ -116,11 +120,11 @@ def disk_full_error(path: str | Path, needed: int | None, exc: BaseException | N
 
 
 @contextlib.contextmanager
-def writing(path: str | Path, needed: int | None = None, *, remove: Iterable[str | Path] = (),
+def writing(path: str | Path, needed: int | None = None, *, remove: Removable = (),
             note: str = "") -> Iterator[None]:
     """Write `path` (about `needed` bytes) inside this block; a full disk becomes one
     `DiskFullError` line, with the temporary `remove` paths deleted. Other errors pass."""
-    remove = list(remove)
+    remove = remove if callable(remove) else list(remove)
     try:
         yield
     except Exception as exc:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -268,22 +269,37 @@ class _JaxSteps:
             self._manager = None
 
     def save(self, step: int, state: dict[str, Any]) -> Path:
+        """Write checkpoint `step` through orbax. A full disk is one line (`rung.disk.writing`):
+        orbax's temporary folder is removed and the previous checkpoint is untouched; orbax's
+        own error logs for it are held back meanwhile (the one line says it all)."""
         import orbax.checkpoint as ocp
 
-        manager = self.manager()
-        if step in manager.all_steps():  # resume: never over an old run's folder
-            manager.delete(step)
-        meta = {"format": "rung-jax-checkpoint/2", "step": step, "world_size": self.engine.world_size,
-                "precision": self.engine.precision, "loop": state}
-        manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave({"params": self.params, "opt_state": self.opt_state}),
-            meta=ocp.args.JsonSave(meta)))
-        manager.wait_until_finished()
-        if jax.process_index() == 0:  # every file's SHA-256, checked before a resume trusts it
-            from rung.checkpoint_files import write_manifest
+        from rung.disk import writing
 
-            write_manifest(self.root / str(step))
-        return self.root / str(step)
+        manager = self.manager()
+        final = self.root / str(step)
+        earlier = [s for s in manager.all_steps() if s != step]
+        kept = (f"the previous checkpoint {self.root / str(max(earlier))} is kept" if earlier
+                else "no earlier checkpoint")
+        needed = sum(getattr(x, "nbytes", 0) for x in jax.tree.leaves((self.params, self.opt_state)))
+
+        def temporary() -> list[Path]:
+            return [*self.root.glob(f"{step}.orbax-checkpoint-tmp*"), *([final] if final.exists() else [])]
+
+        with writing(final, needed, remove=temporary, note=kept), _orbax_errors_held():
+            if step in manager.all_steps():  # resume: never over an old run's folder
+                manager.delete(step)
+            meta = {"format": "rung-jax-checkpoint/2", "step": step, "world_size": self.engine.world_size,
+                    "precision": self.engine.precision, "loop": state}
+            manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave({"params": self.params, "opt_state": self.opt_state}),
+                meta=ocp.args.JsonSave(meta)))
+            manager.wait_until_finished()
+            if jax.process_index() == 0:  # every file's SHA-256, checked before a resume trusts it
+                from rung.checkpoint_files import write_manifest
+
+                write_manifest(final)
+        return final
 
     def find(self, resume: str) -> tuple[Path, int] | None:
         """The checkpoint `resume` names: (manager root, step), or None."""
@@ -338,6 +354,42 @@ class _JaxSteps:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+@contextlib.contextmanager
+def _orbax_errors_held():
+    """While orbax saves: its ERROR log lines (absl) are held back, and a failed save's
+    leftovers (coroutines and callbacks of an event loop it closed) are collected here, quietly,
+    rather than printed as tracebacks at exit. What failed still raises from `save`."""
+    import gc
+    import logging
+
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.CRITICAL)
+    try:
+        yield
+    except BaseException:
+        # tensorstore's threads still call back into the loop orbax closed; each such call
+        # would print a traceback through sys.excepthook, now and until the process exits
+        sys.excepthook = _closed_loop_callbacks_dropped(sys.excepthook)
+        hook = sys.unraisablehook
+        sys.unraisablehook = lambda unraisable: None
+        try:
+            gc.collect()
+        finally:
+            sys.unraisablehook = hook
+        raise
+    finally:
+        absl.setLevel(level)
+
+
+def _closed_loop_callbacks_dropped(hook):
+    def excepthook(kind, value, traceback):
+        if not (kind is RuntimeError and str(value) == "Event loop is closed"):
+            hook(kind, value, traceback)
+
+    return excepthook
 
 
 def _modes(model: nnx.Module) -> list[tuple[nnx.Module, str, Any]]:

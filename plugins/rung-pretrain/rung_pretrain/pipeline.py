@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from rung.disk import size_text, writing
 from rung.errors import ConfigError, RungError
 from rung_pretrain.corpus import build_sources
 from rung_pretrain.prepared import FORMAT, PreparedData, fingerprint, reuse, tokenizer_section
@@ -55,6 +56,14 @@ def _run_of(config_or_run: Any) -> Any:
     elif isinstance(config, Mapping):
         config = make_config(config)
     return Run(config)
+
+
+def _vocab_size(tokenizer: Any) -> int:
+    """The tokenizer's vocabulary size, or the largest a uint16 shard holds when it cannot say yet."""
+    try:
+        return int(tokenizer.vocab_size)
+    except Exception:  # noqa: BLE001 - an untrained tokenizer may not know it
+        return 65535
 
 
 def data_options(config: Any) -> Any:
@@ -110,75 +119,81 @@ def prepare(config_or_run: Any, *, force: bool = False, progress: bool | None = 
     workers = workers or options.workers or cpu_count()
     tasks = max(1, min(workers, len(units)))
     work = out / WORK
-    for name in ("manifest.json", "train", "validation", "tokenizer", WORK):
-        path = out / name
+    written = [out / name for name in ("manifest.json", "train", "validation", "tokenizer", WORK)]
+    for path in written:
         if path.is_dir():
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    logs = Path(options.logging_dir) if options.logging_dir else work / "logs"
-    stats_files: list[Path] = []
-    with quiet_datatrove(logs / "main.log"), Display(progress) as display:
-        for index, stage in enumerate(cleaning_stages(options, sources, units, work, tasks), 1):
-            task = display.add(stage.name, stage.total_bytes)
+    from rung_pretrain.shards import token_dtype  # (datatrove: imported when used)
+
+    # a full disk: one line, and everything this call wrote goes (a later call redoes it all)
+    corpus = sum(u.size for u in units)
+    needed = corpus * (1 + token_dtype(_vocab_size(tokenizer)).itemsize)
+    note = (f"an estimate: a clean copy of the {size_text(corpus)} corpus and its token shards; "
+            f"the files it wrote are removed")
+    with writing(out, needed, remove=written, note=note):
+        out.mkdir(parents=True, exist_ok=True)
+        logs = Path(options.logging_dir) if options.logging_dir else work / "logs"
+        stats_files: list[Path] = []
+        with quiet_datatrove(logs / "main.log"), Display(progress) as display:
+            for index, stage in enumerate(cleaning_stages(options, sources, units, work, tasks), 1):
+                task = display.add(stage.name, stage.total_bytes)
+                with display.polling(task, stage.progress):
+                    stats_files.append(
+                        run_stage(stage, logs / f"{index}-{stage.name.replace(' ', '_').replace('+', '')}", workers)
+                    )
+                if task is not None and stage.progress is None:
+                    display.update(task, total=1, completed=1)
+            from rung_pretrain.clean_corpus import read_clean  # (datatrove: imported when used)
+
+            report = report_from_stats(stats_files)
+            clean_docs = report[-1]["docs_out"] if report else 0
+            clean_bytes = report[-1]["bytes_out"] if report else 0
+            if clean_docs == 0:
+                raise RungError(f"no documents left after reading and cleaning ({report_line(report)}); logs in {logs}")
+            trained = False
+            if hasattr(tokenizer, "train") and not getattr(tokenizer, "is_trained", False):
+                limit = getattr(getattr(tokenizer, "options", None), "max_training_bytes", None)
+                task = display.add("train tokenizer", min(clean_bytes, limit) if limit else clean_bytes)
+                fed = [0]
+                tokenizer.train(counted((text for _, text in read_clean(work / "clean")), display, task, fed))
+                display.update(task, completed=fed[0], total=max(fed[0], 1))
+                trained = True
+            if tokenizer.eos_id is None:
+                raise RungError(f"tokenizer {type(tokenizer).__name__} has no eos token: documents cannot be separated")
+            tokenizer_dir = out / "tokenizer"
+            tokenizer.save(tokenizer_dir)
+            tokenizer_file = tokenizer_dir / "tokenizer.json"
+            if not tokenizer_file.is_file():
+                raise RungError(f"tokenizer {type(tokenizer).__name__} did not save a tokenizer.json; "
+                                "rung-pretrain needs one")
+            tokenizer_hash = hashlib.sha256(tokenizer_file.read_bytes()).hexdigest()
+            stage = shard_stage(options, work, out, tokenizer_file, tokenizer, tokenizer_hash, tasks)
+            task = display.add(stage.name, clean_bytes)
             with display.polling(task, stage.progress):
-                stats_files.append(
-                    run_stage(stage, logs / f"{index}-{stage.name.replace(' ', '_').replace('+', '')}", workers)
-                )
-            if task is not None and stage.progress is None:
-                display.update(task, total=1, completed=1)
-        from rung_pretrain.clean_corpus import read_clean  # (datatrove: imported when used)
+                stats_files.append(run_stage(stage, logs / "5-token_shards", workers))
 
-        report = report_from_stats(stats_files)
-        clean_docs = report[-1]["docs_out"] if report else 0
-        clean_bytes = report[-1]["bytes_out"] if report else 0
-        if clean_docs == 0:
-            raise RungError(f"no documents left after reading and cleaning ({report_line(report)}); logs in {logs}")
-        trained = False
-        if hasattr(tokenizer, "train") and not getattr(tokenizer, "is_trained", False):
-            limit = getattr(getattr(tokenizer, "options", None), "max_training_bytes", None)
-            task = display.add("train tokenizer", min(clean_bytes, limit) if limit else clean_bytes)
-            fed = [0]
-            tokenizer.train(counted((text for _, text in read_clean(work / "clean")), display, task, fed))
-            display.update(task, completed=fed[0], total=max(fed[0], 1))
-            trained = True
-        if tokenizer.eos_id is None:
-            raise RungError(f"tokenizer {type(tokenizer).__name__} has no eos token: documents cannot be separated")
-        tokenizer_dir = out / "tokenizer"
-        tokenizer.save(tokenizer_dir)
-        tokenizer_file = tokenizer_dir / "tokenizer.json"
-        if not tokenizer_file.is_file():
-            raise RungError(f"tokenizer {type(tokenizer).__name__} did not save a tokenizer.json; "
-                            "rung-pretrain needs one")
-        tokenizer_hash = hashlib.sha256(tokenizer_file.read_bytes()).hexdigest()
-        stage = shard_stage(options, work, out, tokenizer_file, tokenizer, tokenizer_hash, tasks)
-        task = display.add(stage.name, clean_bytes)
-        with display.polling(task, stage.progress):
-            stats_files.append(run_stage(stage, logs / "5-token_shards", workers))
-
-    from rung_pretrain.shards import token_dtype
-
-    splits = collect_splits(out, options.shards.val_fraction)
-    manifest = {
-        "format": FORMAT,
-        "fingerprint": stamp,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "seconds": round(time.perf_counter() - started, 2),
-        "workers": workers,
-        "sources": [{**s.describe(), "units": sum(1 for u in units if u.source == i),
-                     "bytes": sum(u.size for u in units if u.source == i)} for i, s in enumerate(sources)],
-        "tokenizer": {"name": section.get("name"), "class": type(tokenizer).__name__,
-                      "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id, "sha256": tokenizer_hash,
-                      "dir": "tokenizer", "trained_here": trained, "options": section},
-        "dtype": token_dtype(tokenizer.vocab_size).str,
-        "splits": splits,
-        "documents": clean_docs,
-        "bytes": clean_bytes,
-        "report": report,
-        "config": options.model_dump(mode="json"),
-    }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        splits = collect_splits(out, options.shards.val_fraction)
+        manifest = {
+            "format": FORMAT,
+            "fingerprint": stamp,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "seconds": round(time.perf_counter() - started, 2),
+            "workers": workers,
+            "sources": [{**s.describe(), "units": sum(1 for u in units if u.source == i),
+                         "bytes": sum(u.size for u in units if u.source == i)} for i, s in enumerate(sources)],
+            "tokenizer": {"name": section.get("name"), "class": type(tokenizer).__name__,
+                          "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id, "sha256": tokenizer_hash,
+                          "dir": "tokenizer", "trained_here": trained, "options": section},
+            "dtype": token_dtype(tokenizer.vocab_size).str,
+            "splits": splits,
+            "documents": clean_docs,
+            "bytes": clean_bytes,
+            "report": report,
+            "config": options.model_dump(mode="json"),
+        }
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     for name in ("clean", "exact", "minhash", "progress"):
         shutil.rmtree(work / name, ignore_errors=True)
     run.use_tokenizer(tokenizer)

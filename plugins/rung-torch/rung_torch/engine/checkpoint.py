@@ -17,7 +17,9 @@ during a save leaves at worst a temp folder that resume ignores and the next sav
 `state.json` is written last and lists every file with its size and SHA-256: a folder is
 "complete" when it parses and every file has that size, and resume takes the newest complete
 one whose files still have their SHA-256 (`rung.checkpoint_files`), saying which newer ones
-it skipped and why; when all are damaged, resume is an error naming them.
+it skipped and why; when all are damaged, resume is an error naming them. A save that meets
+a full disk is one line (`rung.disk.writing`): its temp folder removed, the previous
+checkpoint untouched.
 """
 
 from __future__ import annotations
@@ -168,11 +170,15 @@ def _fsync_dir(path: Path) -> None:
 def write_text_atomic(path: Path, text: str) -> None:
     """Write `text` to `path` so that a reader sees the old content or the new, never half."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, a kill: no temporary file stays behind
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(path.parent)
 
 
@@ -200,11 +206,22 @@ class CheckpointDir:
         `tensors` maps a file stem ("model", "optimizer", "rng") to its tensors; `state` is
         the JSON part. Older checkpoints beyond `keep` and stale temp folders are removed.
         """
+        from rung.disk import writing
+
+        final = self.root / step_dir_name(step)
+        tmp = self.root / f".tmp-{final.name}-{os.getpid()}"
+        needed = sum(t.numel() * t.element_size() for group in tensors.values() for t in group.values())
+        previous = self.complete_steps()
+        kept = f"the previous checkpoint {previous[0]} is kept" if previous else "no earlier checkpoint"
+        # a full disk: one line, the temporary folder removed, the previous checkpoint untouched
+        with writing(final, needed, remove=[tmp], note=kept):
+            return self._write(step, final, tmp, tensors, state)
+
+    def _write(self, step: int, final: Path, tmp: Path, tensors: dict[str, dict[str, torch.Tensor]],
+               state: dict[str, Any]) -> Path:
         from safetensors.torch import save_file
 
         self.root.mkdir(parents=True, exist_ok=True)
-        final = self.root / step_dir_name(step)
-        tmp = self.root / f".tmp-{final.name}-{os.getpid()}"
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
