@@ -37,7 +37,9 @@ def make_config_section(kind: str, data: Mapping[str, Any]) -> Any:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{kind} '{data['name']}': {where}: {first['msg']}") from None
+        message = first["msg"].removeprefix("Value error, ")
+        said = message.startswith(f"{first['loc'][-1]} ") if first["loc"] else False  # names the field itself
+        raise ConfigError(f"{kind} '{data['name']}': {message if said else f'{where}: {message}'}") from None
 
 
 def backend_section(backend: str | None, model: str | None = None, config: str | Path | None = None,

@@ -243,10 +243,10 @@ def test_offline_hub_id_is_one_line_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "rung.cli.main", "prompt", "-b", "hf", "-m",
                            "rung-test/not-in-any-cache", "hello"],
                           env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == 2, proc.stderr  # refused as the options are validated, before any loading
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines == [
-        "rung: error: model 'rung-test/not-in-any-cache' is not in the local cache and the hub cannot be "
+        "rung: error: backend 'hf': model 'rung-test/not-in-any-cache' is not in the local cache and the hub cannot be "
         "reached (HF_HUB_OFFLINE is set); download it where there is a network or set backend.model to a "
         "local directory"
     ]

@@ -105,8 +105,13 @@ def test_a_malformed_record_is_one_line_naming_file_and_line(tmp_path, bad, says
 
 
 def test_a_missing_file_is_a_config_error(tmp_path):
-    with pytest.raises(ConfigError, match="no file matches"):
-        list(PreferenceJsonl(PreferenceJsonlOptions(path=str(tmp_path / "*.jsonl"))).read())
+    """Refused when the config is validated (before any work), naming the option."""
+    from rung.plugins import get_plugins
+    from rung.runner import validate_section
+
+    with pytest.raises(ConfigError, match=r"^data\.path: .*no file matches"):
+        validate_section(get_plugins().registry, "data_source",
+                         {"name": "preference_jsonl", "path": str(tmp_path / "*.jsonl")}, "data")
 
 
 def label_texts(tokenizer, packed) -> list[list[str]]:
