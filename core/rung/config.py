@@ -274,7 +274,7 @@ def _format_errors(exc: ValidationError, data: Any, model: type[BaseModel], wher
         else:
             message = error["msg"]
             shown_as_is = "input" in error and not isinstance(error["input"], (dict, list, SecretStr))
-            if error["type"] not in ("missing",) and shown_as_is:
+            if error["type"] not in ("missing",) and shown_as_is and str(error["input"]) not in message:
                 shown = error["input"]
                 if _is_secret_path(model, data, path):
                     shown = "**********"
