@@ -3,8 +3,10 @@
 One model folder (rung's Llama-style preset, fresh weights, saved in the transformers format
 with the byte tokenizer) and one text (--docs documents of --chars characters cut from
 tinyshakespeare). rung scores it with `rung_eval.scoring.scorer_for` (what `rung eval` and
-`rung eval --harness` run) on the `torch` backend (rung's model) and the `hf` backend (the
-transformers model the harness runs too); the harness with `lm_eval.models.huggingface.HFLM`
+`rung eval --harness` run) on the `torch` backend (rung's model), the `hf` backend (the
+transformers model the harness runs too) and the `jax` backend (rung's model in JAX: XLA
+fuses what eager PyTorch runs op by op; its first call compiles, timed apart and printed,
+not counted in the rounds); the harness with `lm_eval.models.huggingface.HFLM`
 on the folder, its `loglikelihood_rolling` (what a perplexity task such as wikitext calls).
 Both use the model's whole context in disjoint windows, the same batch size and fp32. The
 runs alternate for --rounds rounds in one process (a shared machine's load changes between
@@ -14,7 +16,8 @@ log-likelihoods are checked equal (1e-4 relative) before anything is timed.
     .venv/bin/python benchmarks/eval_vs_harness.py          # ~2 minutes on a 2-core CPU
     .venv/bin/python benchmarks/eval_vs_harness.py --device cuda --preset medium
 
-Prints tokens/s of each, and the ratio rung/harness-hf (goal >= 1.5x).
+Prints tokens/s of each, and the ratios rung/harness-hf (rung-torch), rung-hf/harness-hf and
+rung-jax/harness-hf (goal >= 1.5x).
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ def main() -> None:
         folder = write_model(Path(tmp), args.preset, context=args.context)
         torch_backend = rung.backend("torch", model=str(folder), device=args.device, precision="fp32")
         hf_backend = rung.backend("hf", model=str(folder), device=args.device, dtype="float32")
+        jax_backend = rung.backend("jax", model=str(folder), precision="fp32") if args.device == "cpu" else None
         harness = HFLM(pretrained=str(folder), device=args.device, batch_size=args.batch_size, dtype="float32")
         requests = [Instance("loglikelihood_rolling", {}, (t,), i) for i, t in enumerate(texts)]
         sides = {
@@ -75,10 +79,17 @@ def main() -> None:
                                 .loglikelihood_rolling(texts)],
             "harness-hf": lambda: harness.loglikelihood_rolling(requests, disable_tqdm=True),
         }
+        compile_s = None
+        if jax_backend is not None:
+            sides["rung-jax"] = lambda: [ll for ll, _ in scorer_for(jax_backend, batch_size=args.batch_size)
+                                         .loglikelihood_rolling(texts)]
+            started = time.perf_counter()
+            sides["rung-jax"]()  # compiles its shapes once (and checks nothing: see `equal` below)
+            compile_s = time.perf_counter() - started
         tokens = sum(n for _, n in scorer_for(torch_backend).loglikelihood_rolling(texts))
         reference = sides["harness-hf"]()
         equal = {}
-        for name in ("rung-torch", "rung-hf"):
+        for name in [n for n in sides if n != "harness-hf"]:
             ours = sides[name]()
             equal[name] = max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(ours, reference))
         rates: dict[str, list[float]] = {name: [] for name in sides}
@@ -97,10 +108,12 @@ def main() -> None:
           f"torch threads {torch.get_num_threads()}; {args.rounds} rounds")
     for name, values in rates.items():
         print(f"{name:<11}: {statistics.median(values):10.0f} tokens/s (median of {len(values)})")
+    if compile_s is not None:
+        print(f"rung-jax first call (compiling its shapes, not in the rounds): {compile_s:.1f} s")
     for name, worst in equal.items():
         verdict = "equal" if worst <= RELATIVE else "DIFFERENT"
         print(f"{name} log-likelihoods vs harness-hf: {verdict} (max relative difference {worst:.1e})")
-    for name in ("rung-hf", "rung-torch"):
+    for name in [n for n in ("rung-hf", "rung-jax", "rung-torch") if n in rates]:
         ratio = statistics.median(a / b for a, b in zip(rates[name], rates["harness-hf"]))
         label = "rung" if name == "rung-torch" else name
         print(f"{label}/harness-hf: tokens/s {ratio:.2f}x (goal >= 1.5x)")

@@ -167,7 +167,7 @@ def test_multiple_choice_bad_lines_name_file_and_line(tmp_path):
         with pytest.raises(ConfigError, match=rf"bad{i}.jsonl:2: .*{message}"):
             load_task(registry(), {"kind": "multiple_choice", "path": str(path)})
     (tmp_path / "notjson.jsonl").write_text('{"question": "q"}\n\nnot json\n', encoding="utf-8")
-    with pytest.raises(ConfigError, match=r"notjson.jsonl:3: not JSON"):
+    with pytest.raises(ConfigError, match=r"notjson.jsonl:3: not valid JSON"):
         load_task(registry(), {"kind": "multiple_choice", "path": str(tmp_path / "notjson.jsonl")})
 
 

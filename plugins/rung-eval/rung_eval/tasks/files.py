@@ -7,7 +7,6 @@ data travel together; every error names the file (and line) it is about.
 from __future__ import annotations
 
 import glob
-import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -76,23 +75,18 @@ class Record:
 
 
 def read_records(paths: Sequence[Path], limit: int | None = None) -> list[Record]:
-    """The JSON objects of JSONL files, one a line (blank lines skipped), at most `limit`."""
+    """The JSON objects of JSONL files, one a line (blank lines skipped), at most `limit`; a
+    damaged line is one error at file:line (`rung.jsonl.read_jsonl`)."""
+    from rung.jsonl import read_jsonl
+
     records: list[Record] = []
     for path in paths:
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{number}"
-                try:
-                    data = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ConfigError(f"{where}: not JSON ({exc.msg})") from None
-                if not isinstance(data, dict):
-                    raise ConfigError(f"{where}: a line is a JSON object, got {type(data).__name__}")
-                records.append(Record(data, where))
-                if limit is not None and len(records) >= limit:
-                    return records
+        for data, where in read_jsonl(path):
+            if not isinstance(data, dict):
+                raise ConfigError(f"{where}: a line is a JSON object, got {type(data).__name__}")
+            records.append(Record(data, where))
+            if limit is not None and len(records) >= limit:
+                return records
     if not records:
         raise ConfigError(f"{', '.join(map(str, paths))}: no records")
     return records

@@ -166,7 +166,7 @@ class FilesSource(SourceBase):
                     except UnicodeDecodeError:
                         yield Skip("undecodable", len(line), where)
                         continue
-                    except ValueError:
+                    except (ValueError, RecursionError):  # not JSON; nested past the decoder's limit
                         yield Skip("unparsable", len(line), where)
                         continue
                     text = record.get(field) if isinstance(record, dict) else None

@@ -61,8 +61,11 @@ def cpu_peak_flops(dtype: torch.dtype = torch.bfloat16, size: int = 1024, second
     override = os.environ.get("RUNG_CPU_PEAK_FLOPS")
     if override:
         return float(override)
-    a = torch.randn(size, size).to(dtype)
-    b = torch.randn(size, size).to(dtype)
+    # Its own generator: drawing from torch's global one would move a training run's RNG (LoRA's
+    # dropout) at the first step, so a resumed run, which measures at another step, would differ.
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=generator).to(dtype)
+    b = torch.randn(size, size, generator=generator).to(dtype)
     torch.mm(a, b)  # warm-up: pick kernels, fault pages in
     flops = 2.0 * size**3
     best = float("inf")
