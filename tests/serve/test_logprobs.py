@@ -127,14 +127,26 @@ def test_top_logprobs_need_logprobs_true(client):
         client.chat.completions.create(model=NAME, messages=HI, max_tokens=2, top_logprobs=2)
 
 
-def test_a_backend_without_logprobs_answers_400(served):
-    """rung's openai backend (no logprobs capability) proxying the served model."""
-    import rung
+class WithoutLogprobs:
+    """A backend that can generate but not say log-probabilities: the tiny model, capability off."""
+
+    def __init__(self, inner) -> None:
+        from rung.interfaces import Capabilities
+
+        self.inner, self.name = inner, "without-logprobs"
+        self.capabilities = Capabilities(chat=True, streaming=True, logprobs=False)
+        self.tokenizer = inner.tokenizer
+
+    def __getattr__(self, name):  # generate, stream, agenerate, ... of the model itself
+        if name in ("decode_slots", "score_heads", "engine"):
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
+def test_a_backend_without_logprobs_answers_400(tiny_backend):
     from rung_serve.app import create_app
 
-    proxy = rung.backend("openai", base_url=served.url + "/v1", api_key=API_KEY, model=NAME, max_retries=0,
-                         timeout=30)
-    assert not proxy.capabilities.logprobs
+    proxy = WithoutLogprobs(tiny_backend)
     with ServerThread(create_app({"proxy": proxy}, api_key=API_KEY)) as running:
         client = openai.OpenAI(base_url=running.url + "/v1", api_key=API_KEY, max_retries=0)
         with pytest.raises(openai.BadRequestError, match="log-probabilities") as caught:
@@ -143,7 +155,28 @@ def test_a_backend_without_logprobs_answers_400(served):
         with pytest.raises(openai.BadRequestError, match="log-probabilities"):
             client.completions.create(model="proxy", prompt="hi", max_tokens=0, echo=True, logprobs=1)
         assert client.chat.completions.create(model="proxy", messages=HI, max_tokens=2).choices[0].message.content \
-            is not None  # without logprobs the proxy answers
+            is not None  # without logprobs the model answers
+
+
+def test_rungs_openai_backend_carries_logprobs_through_a_proxy(served):
+    """rung's openai backend (logprobs through chat and the completions endpoint) proxying the
+    served model: a second rung serve in front of it answers with the same numbers."""
+    import rung
+    from rung_serve.app import create_app
+
+    proxy = rung.backend("openai", base_url=served.url + "/v1", api_key=API_KEY, model=NAME, max_retries=0,
+                         timeout=30)
+    assert proxy.capabilities.logprobs
+    direct = openai.OpenAI(base_url=served.url + "/v1", api_key=API_KEY, max_retries=0)
+    with ServerThread(create_app({"proxy": proxy}, api_key=API_KEY)) as running:
+        client = openai.OpenAI(base_url=running.url + "/v1", api_key=API_KEY, max_retries=0)
+        through = client.chat.completions.create(model="proxy", messages=HI, max_tokens=3, logprobs=True,
+                                                 temperature=0)
+    alone = direct.chat.completions.create(model=NAME, messages=HI, max_tokens=3, logprobs=True, temperature=0)
+    got = [t.logprob for t in through.choices[0].logprobs.content]
+    want = [t.logprob for t in alone.choices[0].logprobs.content]
+    assert got == pytest.approx(want, abs=1e-5)
+    assert through.choices[0].message.content == alone.choices[0].message.content
 
 
 def test_lm_evaluation_harness_local_completions_loglikelihood(served, tiny_backend, tmp_path):
