@@ -33,9 +33,21 @@ def write_ladder_data(out: Path, train: int = 2000, held: int = 200) -> set[str]
     return {str(Path(p).relative_to(out)) for p in written}
 
 
-def test_every_ladder_config_validates_and_reads_what_the_ladder_writes(tmp_path):
-    script = (ROOT / "scripts" / "ladder.sh").read_text(encoding="utf-8")
+@pytest.fixture
+def ladder_folder(tmp_path, monkeypatch):
+    """A folder where the ladder has run as far as each config needs: its data written and the
+    sft and reward model folders there (a config is validated against the paths it will read),
+    the current folder, as scripts/ladder.sh runs from the repository root."""
     written = write_ladder_data(tmp_path, train=20, held=5)
+    for step in ("sft", "reward"):
+        (tmp_path / "runs/ladder" / step / "model").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    return written
+
+
+def test_every_ladder_config_validates_and_reads_what_the_ladder_writes(ladder_folder):
+    script = (ROOT / "scripts" / "ladder.sh").read_text(encoding="utf-8")
+    written = ladder_folder
     outputs = {}
     for stem, trainer in CONFIGS.items():
         config = load(stem)
@@ -54,7 +66,19 @@ def test_every_ladder_config_validates_and_reads_what_the_ladder_writes(tmp_path
     assert [r["name"] for r in load("grpo").trainer.rewards] == ["exact_match"]
 
 
-def test_the_ladder_template_is_short_and_every_row_fits_its_length():
+def test_a_ladder_config_is_refused_before_the_step_it_reads_from_has_run(ladder_folder):
+    """Validation checks the paths a run will read: dpo before sft has saved its model is one line."""
+    import shutil
+
+    from rung.errors import ConfigError
+
+    shutil.rmtree("runs/ladder/sft/model")
+    with pytest.raises(ConfigError, match=r"dpo.yaml:\d+: backend.model: 'runs/ladder/sft/model' is not a "
+                                          r"checkpoint directory \(it does not exist\)"):
+        load("dpo")
+
+
+def test_the_ladder_template_is_short_and_every_row_fits_its_length(ladder_folder):
     import rung
     from rung.records import Message
 
