@@ -49,6 +49,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from rung.byte_level import bytes_to_unicode
 from rung.errors import RungError
 
 
@@ -781,20 +782,7 @@ def _check_values(value: Any, schema: Any, root: Mapping[str, Any], path: str) -
 # ----------------------------------------------------------------------------- the vocabulary
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's map of bytes to printable characters, as byte-level BPE vocabularies spell tokens."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
-        range(ord("®"), ord("ÿ") + 1))
-    chars, extra = printable[:], 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, map(chr, chars)))
-
-
-_BYTE_OF_CHAR = {c: b for b, c in _bytes_to_unicode().items()}
+_BYTE_OF_CHAR = {c: b for b, c in bytes_to_unicode().items()}
 _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 

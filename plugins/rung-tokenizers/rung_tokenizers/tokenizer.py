@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from rung.byte_level import bytes_to_unicode
 from rung.errors import RungError
 from rung.records import Message
 
@@ -21,21 +22,6 @@ from rung_tokenizers.chat import CHAT_TEMPLATE, render, resolve_template
 from rung_tokenizers.options import DEFAULT_SPECIAL_TOKENS, BPETokenizerOptions, ByteTokenizerOptions
 
 __all__ = ["CHAT_TEMPLATE", "BPETokenizer", "ByteTokenizer", "RungTokenizer", "load_tokenizer"]
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible map from byte values to printable characters (byte-level BPE)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
-        range(ord("®"), ord("ÿ") + 1)
-    )
-    chars = printable[:]
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, map(chr, chars)))
 
 
 class RungTokenizer:
