@@ -24,10 +24,16 @@ from pydantic import BaseModel
 from rung.interfaces import Capabilities
 from rung.records import Completion, Delta, GenerationRequest, Usage
 from rung_openai.tools import tool_calls_of, tool_params, wire_messages
-from rung_openai.completions import completion_params, completion_result, refusals, uses_completions
+from rung_openai.completions import (
+    completion_params,
+    completion_result,
+    refusals,
+    sampling_params,
+    uses_completions,
+)
 from rung_openai.logprobs import chat_entries, completion_entries
 from rung_openai.options import OpenAIOptions
-from rung.hosted import APIError, HostedBackend, UnsupportedError, first, one_line, stream_failure
+from rung.hosted import APIError, HostedBackend, UnsupportedError, one_line, stream_failure
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -122,29 +128,11 @@ class OpenAIBackend(HostedBackend):
             "messages": wire_messages(request.chat()),
         }
         params.update(tool_params(request))
-        max_tokens = first(request.max_tokens, o.max_tokens)
-        if max_tokens is not None:
-            params[self._max_field] = max_tokens
-        for name in ("temperature", "top_p", "seed"):
-            value = first(getattr(request, name), getattr(o, name))
-            if value is not None:
-                params[name] = value
-        stop = list(request.stop or o.stop)
-        if stop:
-            params["stop"] = stop
         if request.logprobs is not None:
             params["logprobs"] = True
             if request.logprobs > 0:
                 params["top_logprobs"] = int(request.logprobs)
-        extra = dict(o.extra_body)
-        if request.top_k is not None:
-            extra["top_k"] = request.top_k  # not OpenAI's; vLLM and llama.cpp take it
-        if extra:
-            params["extra_body"] = extra
-        if stream:
-            params["stream"] = True
-            if o.stream_usage:
-                params["stream_options"] = {"include_usage": True}
+        params.update(sampling_params(request, o, max_field=self._max_field, stream=stream))
         return params
 
     def _completion(self, response: Any, model: str, request: GenerationRequest | None = None) -> Completion:

@@ -63,9 +63,23 @@ def completion_params(backend: Any, request: GenerationRequest, stream: bool = F
     o = backend.options
     text, ids = prompt_of(request, backend.tokenizer)
     params: dict[str, Any] = {"model": request.model or o.model, "prompt": list(ids) if ids is not None else text}
+    if request.logprobs is not None:
+        params["logprobs"] = int(request.logprobs)
+    if request.echo and not stream:
+        params["echo"] = True
+    # the legacy endpoint knows no max_completion_tokens
+    params.update(sampling_params(request, o, max_field="max_tokens", stream=stream))
+    return params
+
+
+def sampling_params(request: GenerationRequest, o: Any, max_field: str, stream: bool) -> dict[str, Any]:
+    """What chat and legacy completions requests send alike: the token limit (as `max_field`),
+    temperature, top_p, seed, stops, `extra_body` (with top_k, which vLLM and llama.cpp take)
+    and the stream options; the request's values first, else the backend options'."""
+    params: dict[str, Any] = {}
     max_tokens = first(request.max_tokens, o.max_tokens)
     if max_tokens is not None:
-        params["max_tokens"] = max_tokens  # the legacy endpoint knows no max_completion_tokens
+        params[max_field] = max_tokens
     for name in ("temperature", "top_p", "seed"):
         value = first(getattr(request, name), getattr(o, name))
         if value is not None:
@@ -73,10 +87,6 @@ def completion_params(backend: Any, request: GenerationRequest, stream: bool = F
     stop = list(request.stop or o.stop)
     if stop:
         params["stop"] = stop
-    if request.logprobs is not None:
-        params["logprobs"] = int(request.logprobs)
-    if request.echo and not stream:
-        params["echo"] = True
     extra = dict(o.extra_body)
     if request.top_k is not None:
         extra["top_k"] = request.top_k
