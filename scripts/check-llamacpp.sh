@@ -1,10 +1,8 @@
 #!/usr/bin/env bash
 # llama.cpp itself runs rung's GGUF export: not in the default test run (building llama.cpp from
 # source takes minutes). It
-#   1. builds llama-cpp-python 0.3.36 from the registry's source distribution into .venv
-#      (CMAKE_ARGS=-DGGML_NATIVE=ON; the mtmd/llava library is not built, llama.cpp does not need it;
-#      pip's wheel cache makes a second run install at once, and an interrupted build resumes
-#      from its build folder, $LLAMACPP_BUILD_DIR),
+#   1. installs llama-cpp-python 0.3.36 into .venv with scripts/ensure-llamacpp.sh (built from the
+#      registry's source distribution for this CPU, GGML_NATIVE=ON, once: its wheel cache is per CPU),
 #   2. trains a small rung-torch model a little on tinyshakespeare.txt and saves it,
 #   3. exports it with `rung export MODEL model.gguf --format gguf outtype=f32`,
 #   4. compares, on 20 prompts, rung-torch's greedy tokens (and rung's tokenizer) with
@@ -17,14 +15,8 @@ cd "$root"
 [ -x .venv/bin/rung ] || bash scripts/ensure-venv.sh
 work="${1:-$(mktemp -d -t rung-llamacpp-XXXXXX)}"
 mkdir -p "$work"
-build_dir="${LLAMACPP_BUILD_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/rung/llama-cpp-python-0.3.36-build}"
-
-if [ "$(.venv/bin/python -c 'import llama_cpp; print(llama_cpp.__version__)' 2>/dev/null)" != "0.3.36" ]; then
-  echo "building llama-cpp-python 0.3.36 from source (build folder $build_dir; minutes on a small CPU)"
-  CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAVA_BUILD=OFF ${CMAKE_ARGS:-}" \
-    .venv/bin/pip install -q -c constraints.txt --no-binary llama-cpp-python \
-    --config-settings "build-dir=$build_dir" "llama-cpp-python==0.3.36"
-fi
+bash scripts/ensure-llamacpp.sh  # llama-cpp-python built for this CPU, once (a wheel cache per CPU)
+.venv/bin/python -c 'import llama_cpp' 2>/dev/null || { echo "llama-cpp-python is not installed: see above" >&2; exit 1; }
 
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 .venv/bin/python - "$work" "$root/../shared/data/tinyshakespeare.txt" <<'EOF'
