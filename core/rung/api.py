@@ -79,9 +79,19 @@ def ask(backend: Backend, prompt: str, system: str | None = None, **sampling: An
     return backend.generate(request)
 
 
-def run(config: Any, overrides: Sequence[str] = ()) -> TrainResult:
-    """Run a config given as a path, a dict, or a config object."""
+def run(config: Any, overrides: Sequence[str] = ()) -> TrainResult | list[Any]:
+    """Run a config given as a path, a dict, or a config object: its `TrainResult`.
+
+    A file with `stages:` runs its stages as `rung run FILE` does (finished, unchanged ones
+    skipped) and returns the summary table's rows (`rung.stages.runner.Row`)."""
     if isinstance(config, (str, Path)):
+        from rung.stages import is_staged
+
+        if is_staged(config):
+            from rung.stages import load_plan
+            from rung.stages.runner import run_plan
+
+            return run_plan(load_plan(config, overrides))
         config = load_config(config, overrides)
     elif isinstance(config, Mapping):
         config = make_config(config, overrides)

@@ -53,15 +53,18 @@ class RunConfigBase(Options):
     seed: int = 0
 
 
-_models: dict[int, type[RunConfigBase]] = {}
+# id(registry) -> (the registry, its model). The registry is held so its id is never reused
+# while cached: keyed by a bare id, a registry built after an earlier one was collected could
+# get its id and be handed that registry's model, which refuses the new plugins' sections.
+_models: dict[int, tuple[Registry, type[RunConfigBase]]] = {}
 
 
 def config_model(registry: Registry) -> type[RunConfigBase]:
     """The RunConfig model for the installed plugins (built once per registry)."""
-    key = id(registry)
-    if key not in _models:
-        _models[key] = _build_model(registry)
-    return _models[key]
+    cached = _models.get(id(registry))
+    if cached is None or cached[0] is not registry:
+        cached = _models[id(registry)] = (registry, _build_model(registry))
+    return cached[1]
 
 
 def section_model(registry: Registry, kind: str, name: str) -> type[PluginSection]:
@@ -125,8 +128,14 @@ def make_config(
     *,
     source: str = "<config>",
     lines: Mapping[Path_, int] | None = None,
+    prefix: Path_ = (),
+    overridden: Sequence[Path_] = (),
 ) -> RunConfigBase:
-    """Validate a config given as a dict (for scripts and notebooks)."""
+    """Validate a config given as a dict (for scripts and notebooks).
+
+    `prefix`: where the config sits in a larger document (a stage, `("stages", 2)`): errors name
+    `stages[2].trainer.lr` and `lines` are keyed by the document's full paths. `overridden`: full
+    paths that command-line overrides already set in `data` (errors say so)."""
     if registry is None:
         from rung.plugins import get_plugins
 
@@ -134,10 +143,10 @@ def make_config(
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: a config must be a mapping of sections, got {type(data).__name__}")
     data = _deep_copy(data)
-    overridden: set[Path_] = set()
+    overridden = set(overridden)
     for item in overrides:
-        overridden.add(apply_override(data, item))
-    where = _Where(source, lines or {}, overridden)
+        overridden.add((*prefix, *apply_override(data, item)))
+    where = _Where(source, lines or {}, overridden, prefix)
     _check_plugin_names(data, registry, where)
     model = config_model(registry)
     try:
@@ -205,11 +214,15 @@ def data_at(data: Any, parts: Sequence[str | int]) -> Any:
 class _Where:
     """Says where a dotted path came from: file and line, or the command line."""
 
-    def __init__(self, source: str, lines: Mapping[Path_, int], overridden: set[Path_]):
-        self.source, self.lines, self.overridden = source, lines, overridden
+    def __init__(self, source: str, lines: Mapping[Path_, int], overridden: set[Path_], prefix: Path_ = ()):
+        self.source, self.lines, self.overridden, self.prefix = source, lines, overridden, prefix
 
     def __call__(self, path: Path_) -> str:
-        dotted = ".".join(str(p) for p in path)
+        # A config inside a larger document (a stage): its paths are named from the top,
+        # `stages[2].trainer.lr`, and looked up in the document's line map.
+        head = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in self.prefix).lstrip(".")
+        dotted = ".".join([head] * bool(head) + [str(p) for p in path])
+        path = (*self.prefix, *path)
         for n in range(len(path), 0, -1):
             if path[:n] in self.overridden:
                 return f"command line override {dotted}"

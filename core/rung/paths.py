@@ -4,9 +4,11 @@ exists, made when its config is validated rather than minutes into the run (`exi
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import glob
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,6 +46,32 @@ def looks_like_path(name: str) -> bool:
             or name.endswith("/") or (len(name) > 1 and name[1] == ":"))
 
 
+#: Paths that count as present though they do not exist yet: what earlier stages of a staged
+#: config will write (`planned_paths`), absolute and normalised.
+_PLANNED: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("rung_planned_paths", default=())
+
+
+@contextlib.contextmanager
+def planned_paths(paths: Iterable[str | Path]) -> Iterator[None]:
+    """While the block runs, `path_problem` passes every path at or under one of `paths`: a
+    config whose stage 3 reads the model stage 1 will save validates before stage 1 has run."""
+    token = _PLANNED.set(tuple(os.path.abspath(os.path.expanduser(str(p))) for p in paths))
+    try:
+        yield
+    finally:
+        _PLANNED.reset(token)
+
+
+def _is_planned(text: str) -> bool:
+    planned = _PLANNED.get()
+    if not planned:
+        return False
+    if GLOB_CHARS & set(text):  # a pattern: where its fixed part lies
+        text = os.path.dirname(text[:min(text.index(c) for c in GLOB_CHARS if c in text)]) or "."
+    target = os.path.abspath(text)
+    return any(target == p or target.startswith(p.rstrip(os.sep) + os.sep) for p in planned)
+
+
 def path_problem(value: str, kind: PathKind = "any", *, globs: bool = False, recursive: bool = False,
                  marker: str | None = None, what: str | None = None) -> str | None:
     """Why `value` does not name what a run will read (one line quoting it), or None if it does.
@@ -59,6 +87,8 @@ def path_problem(value: str, kind: PathKind = "any", *, globs: bool = False, rec
     shown = excerpt(value, limit=240)  # a path is quoted whole; a hostile megabyte is not
     what = what or {"file": "a file", "folder": "a folder", "any": "a file or folder"}[kind]
     text = os.path.expanduser(value)
+    if _is_planned(text):
+        return None  # an earlier stage will write it
     fits = {"file": os.path.isfile, "folder": os.path.isdir, "any": os.path.exists}[kind]
     if globs and GLOB_CHARS & set(text):
         if any(fits(match) for match in glob.iglob(text, recursive=recursive)):

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from rung.errors import RungError
+
 Role = Literal["system", "user", "assistant", "tool"]
 FinishReason = Literal["stop", "length", "content_filter", "tool_calls", "error"]
 
@@ -97,10 +99,21 @@ class GenerationRequest:
     # jax) mask every step's logits by it; others ignore it: call `backend.generate_structured`,
     # which sets it, parses the reply and retries what does not fit.
     constraint: Any = None
+    # Sampling that serves code (local backends; rung-openai forwards min_p and
+    # repetition_penalty in extra_body, as vLLM and llama.cpp take them). min_p: keep only the
+    # tokens at least min_p times as likely as the most likely one (after temperature; 0: off).
+    # repetition_penalty: every id already in the prompt or the reply has its logit divided by
+    # it when positive, multiplied when negative (CTRL's rule; 1: off; greedy too).
+    # token_healing: a plain-text prompt is backed up by its last token and the first token
+    # must start with that token's text, so "def " continues as " name", not after a lone space.
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    token_healing: bool | None = None
 
     def __post_init__(self) -> None:
         if not self.messages and self.prompt is None:
             raise ValueError("a GenerationRequest needs messages or a prompt")
+        check_sampling_values(min_p=self.min_p, repetition_penalty=self.repetition_penalty)
         # Accept lists from callers, store tuples so requests stay hashable and immutable.
         object.__setattr__(self, "messages", tuple(self.messages))
         object.__setattr__(self, "stop", tuple(self.stop))
@@ -112,6 +125,21 @@ class GenerationRequest:
         if self.system and not any(m.role == "system" for m in turns):
             turns.insert(0, Message("system", self.system))
         return turns
+
+
+class SamplingValueError(RungError, ValueError):
+    """A sampling setting out of its range, in one line (a RungError for the CLI, a ValueError
+    for callers that check values, as rung serve does: its 400)."""
+
+
+def check_sampling_values(min_p: float | None = None, repetition_penalty: float | None = None,
+                          where: str = "") -> None:
+    """min_p in [0, 1] and repetition_penalty above 0 (None: unset), else one line naming `where`."""
+    prefix = f"{where}: " if where else ""
+    if min_p is not None and (isinstance(min_p, bool) or not 0 <= min_p <= 1):
+        raise SamplingValueError(f"{prefix}min_p must be in [0, 1] (0: off), got {min_p!r}")
+    if repetition_penalty is not None and (isinstance(repetition_penalty, bool) or not repetition_penalty > 0):
+        raise SamplingValueError(f"{prefix}repetition_penalty must be above 0 (1: off), got {repetition_penalty!r}")
 
 
 @dataclass(frozen=True)
