@@ -305,6 +305,10 @@ class _Loop:
     def resume(self) -> int:
         found = self.engine.resume(str(self.opts.resume))
         if found is None:
+            # A fresh start supersedes whatever an earlier run logged in this folder after step 0
+            # (a `resume: never` run, or one whose checkpoints are gone): its metrics are its own.
+            if self.engine.is_main and callable(getattr(self.run_, "resumed", None)):
+                self.run_.resumed(0)
             return 0
         state = found.state
         self.batches.load_state_dict(state["data"][self.engine.rank])

@@ -2,7 +2,10 @@
 
 rung-torch and rung-jax build the same Llama-style decoder (RMSNorm, rotary positions,
 SwiGLU, grouped-query attention, no biases) from a `ModelConfig`, and save it as a Hugging
-Face `config.json` for `LlamaForCausalLM`, so either framework and transformers load it.
+Face `config.json` for `LlamaForCausalLM`, so either framework and transformers load it. With
+`qk_norm` (an RMSNorm on each head's queries and keys before the rotary positions, weights
+`self_attn.q_norm` / `k_norm`) the same decoder is transformers' Qwen3, and is saved as a
+`Qwen3ForCausalLM` config.json (Llama has no such norms: it could not load the weights).
 Reading a config.json (`read_config_json`, `ModelConfig.load`) and validating fields are done
 here once for both: a bad file or value is one ConfigError naming the file and the field as the
 user wrote it (`hidden_size` in a config.json, `dim` under `backend.architecture`), never a
@@ -71,6 +74,7 @@ class ModelConfig(Options):
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
     init_std: float = 0.02
+    qk_norm: bool = Field(False, description="RMSNorm on each head's queries and keys (saved as a Qwen3 model)")
 
     @model_validator(mode="after")
     def _check_heads(self) -> "ModelConfig":
@@ -115,7 +119,7 @@ class ModelConfig(Options):
         """Parameter count (the input embedding counted once when tied)."""
         attn = self.dim * self.head_dim * (2 * self.n_heads + 2 * self.kv_heads)
         mlp = 3 * self.dim * self.mlp_dim
-        per_layer = attn + mlp + 2 * self.dim
+        per_layer = attn + mlp + 2 * self.dim + (2 * self.head_dim if self.qk_norm else 0)
         total = self.n_layers * per_layer + self.dim
         if embeddings:
             total += self.vocab_size * self.dim * (1 if self.tie_embeddings else 2)
@@ -132,6 +136,8 @@ class ModelConfig(Options):
     # -- Hugging Face config.json (LlamaForCausalLM)
 
     def to_hf(self) -> dict[str, Any]:
+        if self.qk_norm:
+            return self._to_qwen3()
         return {
             "architectures": ["LlamaForCausalLM"],
             "model_type": "llama",
@@ -153,6 +159,15 @@ class ModelConfig(Options):
             "torch_dtype": "float32",
         }
 
+    def _to_qwen3(self) -> dict[str, Any]:
+        """transformers' Qwen3 config of the same decoder: Llama's fields, q_norm/k_norm, no sliding window."""
+        hf = {key: value for key, value in self.model_copy(update={"qk_norm": False}).to_hf().items()
+              if key not in ("mlp_bias",)}
+        hf.update(architectures=["Qwen3ForCausalLM"], model_type="qwen3", use_sliding_window=False,
+                  sliding_window=None, max_window_layers=self.n_layers, attention_dropout=0.0,
+                  layer_types=["full_attention"] * self.n_layers)
+        return hf
+
     def to_dict(self) -> dict[str, Any]:
         """The Hugging Face config as a dict: what peft and other HF tools read from `model.config`."""
         return self.to_hf()
@@ -165,9 +180,13 @@ class ModelConfig(Options):
         if not isinstance(hf, Mapping):
             raise ConfigError(f"{source}: expected a JSON object of model settings, got {json_type(hf)}")
         model_type = hf.get("model_type", "llama")
-        if model_type != "llama":
+        if model_type not in ("llama", "qwen3"):
             raise ConfigError(f"{source}: model_type is {excerpt(model_type)}; rung's torch and jax backends run "
                               "Llama-style models (use the hf backend for other architectures)")
+        if model_type == "qwen3" and (hf.get("use_sliding_window") or hf.get("attention_bias")):
+            raise ConfigError(f"{source}: this Qwen3 model uses "
+                              f"{'a sliding window' if hf.get('use_sliding_window') else 'attention biases'}, "
+                              "which rung's model does not; use the hf backend")
         rope_parameters = hf.get("rope_parameters") or {}
         for key, scaling in (("rope_scaling", hf.get("rope_scaling")), ("rope_parameters", rope_parameters)):
             if scaling is None:
@@ -185,6 +204,7 @@ class ModelConfig(Options):
         values = {field: hf[key] for key, field in HF_KEYS.items() if hf.get(key) is not None}
         values.setdefault("max_seq_len", 2048)
         values.setdefault("tie_embeddings", False)  # transformers' LlamaConfig default
+        values["qk_norm"] = model_type == "qwen3"
         if "rope_theta" not in values and rope_parameters.get("rope_theta") is not None:
             values["rope_theta"] = rope_parameters["rope_theta"]
         names = {**HF_NAMES, "rope_theta": "rope_theta" if "rope_theta" in hf else "rope_parameters.rope_theta"}

@@ -282,3 +282,24 @@ def test_a_resume_keeps_what_it_does_not_log_again(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert records == [{"step": 0, "eval_loss": 3.0}, {"step": 0, "train_examples": 11.0},
                        {"step": 2, "loss": 2.0}, {"step": 4, "loss": 1.5}, {"step": 5, "loss": 1.3}]
+
+
+def test_a_fresh_start_in_a_used_folder_keeps_only_its_own_metrics(tmp_path):
+    """`resume: never` (or a folder whose checkpoints are gone) starts afresh: the metrics.jsonl
+    an earlier run left there is superseded, not continued, so the file (and its plot) holds
+    one run's steps."""
+    sys.path.insert(0, str(ENGINE_TRAIN.parent))
+    import engine_support as sup
+    from rung_torch.engine import TorchEngine
+
+    out = tmp_path / "run"
+    uninterrupted(out)
+    assert steps_in(out / "metrics.jsonl") == list(range(1, 9))
+    engine = TorchEngine(sup.make_model(1), sup.backend_options(precision="fp32"))
+    run = sup.make_run(out)
+    try:
+        engine.fit(sup.objective, sup.CountingTokens(8),
+                   sup.training_options(steps=3, batch_size=8, save_every=2, resume="never"), run)
+    finally:
+        run.close()
+    assert steps_in(out / "metrics.jsonl") == [1, 2, 3]

@@ -24,12 +24,15 @@ def describe_model(console: Any, backend: Any, seq_len: int, opts: PretrainOptio
     )
 
 
-def summary(baseline: float | None, val_loss: float | None, train_loss: float | None) -> str:
+def summary(baseline: float | None, val_loss: float | None, train_loss: float | None,
+            val_bpb: float | None = None) -> str:
+    """The run's last line: baseline, final validation loss (nats/token, perplexity, bits per byte)."""
     parts = []
     if baseline is not None:
         parts.append(f"unigram baseline {baseline:.4f} nats/token")
     if val_loss is not None:
-        text = f"final validation loss {val_loss:.4f} (perplexity {math.exp(min(val_loss, 50.0)):.1f})"
+        bpb = f", {val_bpb:.4f} bits/byte" if val_bpb is not None else ""
+        text = f"final validation loss {val_loss:.4f} nats/token (perplexity {math.exp(min(val_loss, 50.0)):.1f}{bpb})"
         if baseline is not None:
             text += f", {abs(baseline - val_loss):.2f} nats {'below' if val_loss < baseline else 'ABOVE'} the baseline"
         parts.append(text)

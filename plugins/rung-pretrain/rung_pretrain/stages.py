@@ -233,10 +233,11 @@ def run_stage(stage: Stage, logging_dir: Path, workers: int) -> Path:
     method = "fork" if linux_fork_safe else "forkserver"
     executor = LocalPipelineExecutor(stage.pipeline, tasks=stage.tasks, workers=min(workers, stage.tasks),
                                      logging_dir=str(logging_dir), skip_completed=False, start_method=method)
-    from rung_pretrain.workers import dying_with_parent
+    from rung_pretrain.workers import ctrl_c_ends_workers, dying_with_parent
 
     try:
-        with dying_with_parent(method):  # a killed `rung prepare` leaves no worker behind
+        # a killed or interrupted `rung prepare` leaves no worker behind, and Ctrl-C cannot hang it
+        with dying_with_parent(method), ctrl_c_ends_workers():
             executor.run()
     except RungError:
         raise

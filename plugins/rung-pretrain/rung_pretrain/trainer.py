@@ -8,7 +8,7 @@
    continue pretraining it);
 3. hands the backend's engine the framework's `next_token_loss` objective (by name: the
    trainer imports no framework), a batch stream for the engine's rank, and an evaluator
-   (validation loss and perplexity, text samples: `evaluation`);
+   (validation loss, perplexity and bits per byte, text samples: `evaluation`);
 4. saves the model to `<output_dir>/model`, plots the loss curves to `<output_dir>/loss.png`
    and prints the unigram baseline, the final validation loss and a few samples (`run_report`).
 
@@ -80,7 +80,7 @@ class PretrainTrainer:
 
         recorder = RecordingRun(run)
         evaluator = Evaluator(opts, nll_sum, val, backend, recorder, counted, main, baseline,
-                              sample_here=main or world > 1)
+                              sample_here=main or world > 1, tokenizer=data.tokenizer)
         result = engine.fit(objective, counted, opts, recorder, evaluate=evaluator)
 
         metrics = dict(result.metrics or {})
@@ -100,7 +100,8 @@ class PretrainTrainer:
                     console.print(f"loss curves: {plot_path}", highlight=False, markup=False)
             if samples:
                 report.print_samples(samples, Path(run.output_dir) / "samples.txt")
-            console.print(report.summary(baseline, metrics.get("val_loss"), result.final_loss),
+            console.print(report.summary(baseline, metrics.get("val_loss"), result.final_loss,
+                                         metrics.get("val_bpb")),
                           highlight=False, markup=False)
             console.print(f"model saved to {model_dir}", highlight=False, markup=False)
         return TrainResult(steps=result.steps, output_dir=str(run.output_dir), final_loss=result.final_loss,

@@ -18,6 +18,13 @@ class PretrainOptions(TrainingOptions):
     resume, ...) applies; these add the shape of the data and what to watch while training.
     """
 
+    optimizer: Literal["adamw", "muon"] = Field(
+        "adamw",
+        description="adamw; or muon: orthogonalised momentum for the hidden matrices, AdamW for the rest "
+                    "(embeddings, head, norms); torch and jax",
+    )
+    muon_lr: float = Field(0.02, gt=0, description="Muon's peak learning rate (follows learning_rate's schedule)")
+    muon_momentum: float = Field(0.95, ge=0, lt=1, description="Muon's (Nesterov) momentum")
     seq_len: int | None = Field(
         None, ge=2, description="tokens per training window; null: the model's max_seq_len"
     )
