@@ -175,6 +175,8 @@ class HostedBackend(BaseBackend):
                 f"{self.provider}: raw continuation (--raw) needs a local backend; "
                 f"a hosted chat API only answers messages"
             )
+        if request.token_healing:
+            raise UnsupportedError(f"{self.provider}: token healing needs the model's tokenizer: a local backend")
         return self.sdk_params(request, stream)
 
     def sdk_params(self, request: GenerationRequest, stream: bool = False) -> dict[str, Any]:

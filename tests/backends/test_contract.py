@@ -34,11 +34,18 @@ def anthropic_case(fake) -> BackendCase:
                        too_long_prompt=" ".join(["word"] * (fake.context_words + 1)))
 
 
+def llamacpp_case(checkpoint) -> BackendCase:
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (bash scripts/ensure-llamacpp.sh)")
+    backend = rung.backend("llamacpp", model=str(checkpoint), max_tokens=16)  # the folder, exported to GGUF
+    return BackendCase(backend, prompt="the cat sat on the mat and", max_tokens=16, too_long_prompt=LONG)
+
+
 CASES = {
     **{name: (lambda name: lambda fx: local_case(name, fx["checkpoint"], fx["local_backend"]))(name)
        for name in LOCAL},
     "openai": lambda fx: openai_case(fx["server"]),
     "anthropic": lambda fx: anthropic_case(fx["server"]),
+    "llamacpp": lambda fx: llamacpp_case(fx["checkpoint"]),
 }
 
 

@@ -13,6 +13,9 @@ everywhere, and so is a request that does not fit the model's context:
 - A request's `constraint` (structured output) is bound to the tokenizer here
   (`rung.decoding.structured.bind`: the schema's token masks); its shortest JSON must fit in
   `max_tokens`. Rows without one carry None and their loops do no extra work.
+- `min_p` in [0, 1] (0: off) and `repetition_penalty` above 0 (1: off), the request's over the
+  backend's; token healing (`rung.decoding.healing`) is bound by `request_to_prompt`, which
+  backs the prompt up: it arrives here as the row's constraint and the text it took back.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rung.errors import RungError
-from rung.records import GenerationRequest
+from rung.records import GenerationRequest, check_sampling_values
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,17 @@ class Sampling:
     # Structured output: a `rung.decoding.structured.TokenConstraint` (the request's schema on
     # this tokenizer); the loop masks each step's logits with a `TokenGuide` from it.
     constraint: Any = None
+    min_p: float | None = None  # None: no min-p cut
+    repetition_penalty: float = 1.0  # 1: off; applies to greedy rows too
+    # Token healing: the prompt's text its backed-up last token held (the constraint, a
+    # `rung.decoding.healing.Healing`, makes the first token start with it); the decoder leaves
+    # it out of the text, so the completion is what follows the prompt's own text.
+    healed: str = ""
+
+    @property
+    def penalizes(self) -> bool:
+        """Whether the loop must track the ids seen so far (a repetition penalty)."""
+        return self.repetition_penalty != 1.0
 
     @property
     def scores_prompt(self) -> bool:
@@ -60,6 +74,19 @@ class Defaults:
     temperature: float = 0.0
     top_p: float | None = None
     top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    token_healing: bool = False
+
+
+def defaults_of(options: Any) -> Defaults:
+    """The `Defaults` of a local backend's options (max_tokens, temperature and, where the
+    options have them, top_p, top_k, min_p, repetition_penalty, token_healing)."""
+    return Defaults(max_tokens=options.max_tokens, temperature=options.temperature,
+                    top_p=getattr(options, "top_p", None), top_k=getattr(options, "top_k", None),
+                    min_p=getattr(options, "min_p", None),
+                    repetition_penalty=getattr(options, "repetition_penalty", None),
+                    token_healing=bool(getattr(options, "token_healing", False)))
 
 
 def context_error(prompt_tokens: int, max_tokens: int | None, context: int) -> RungError:
@@ -108,10 +135,12 @@ def sampling_for(
     stop: tuple[str, ...] = (),
     stop_ids: frozenset[int] = frozenset(),
     tokenizer: Any = None,
+    healing: Any = None,
 ) -> Sampling:
     """The request's Sampling: its settings over `defaults`, each checked; `stop`/`stop_ids`
     are added to the request's own stop strings (end-of-turn markers, eos); a request's
-    `constraint` is bound to `tokenizer`."""
+    `constraint` is bound to `tokenizer`; `healing`: the prompt's token healing
+    (`rung.decoding.healing.Healing`, from `request_to_prompt`), the row's constraint."""
     temperature = request.temperature if request.temperature is not None else defaults.temperature
     top_k = request.top_k if request.top_k is not None else defaults.top_k
     top_p = request.top_p if request.top_p is not None else defaults.top_p
@@ -121,6 +150,9 @@ def sampling_for(
         raise RungError(f"top_k must be at least 1 (or 0: no top-k), got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
         raise RungError(f"top_p must be in (0, 1], got {top_p}")
+    min_p = request.min_p if request.min_p is not None else defaults.min_p
+    penalty = request.repetition_penalty if request.repetition_penalty is not None else defaults.repetition_penalty
+    check_sampling_values(min_p=min_p, repetition_penalty=penalty)
     if request.logprobs is not None and request.logprobs < 0:
         raise RungError(f"logprobs must be 0 (each token's own) or more, got {request.logprobs}")
     echo = bool(request.echo)
@@ -132,6 +164,11 @@ def sampling_for(
         from rung.decoding.structured import bind
 
         constraint = bind(request.constraint, tokenizer, max_tokens)
+    if healing is not None:
+        if constraint is not None:
+            raise RungError("token healing and a constraint (structured output) cannot be combined; "
+                            "turn token_healing off for this request")
+        constraint = healing
     return Sampling(
         max_tokens=max_tokens,
         temperature=float(temperature or 0.0),
@@ -143,4 +180,7 @@ def sampling_for(
         logprobs=request.logprobs,
         echo=echo,
         constraint=constraint,
+        min_p=float(min_p) if min_p else None,  # 0: off
+        repetition_penalty=float(penalty) if penalty is not None else 1.0,
+        healed=healing.text if healing is not None else "",
     )

@@ -11,6 +11,9 @@ decoder keeps those of the tokens its text holds (not a stop id, not tokens past
 string's start); `take_logprobs()` gives out the ones whose text has been shown, so a streamed
 delta carries the log-probabilities of exactly the tokens it shows. A row of `max_tokens` 0
 (echo: the prompt is scored, nothing generated) is finished ("length") from the start.
+
+A healed prompt (`sampling.healed`, `rung.decoding.healing`): the first token regenerates the
+text the prompt was backed up by; that text is the prompt's, so it is left out of `text`.
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ class RowDecoder:
             self._shown.append(token)
             if self.incremental:
                 previous = len(self.text)
-                text = self.tokenizer.decode(self._shown)
+                text = self._decoded()
                 if self.sampling.stop:
                     start = max(0, min(previous, len(text)) - self._longest_stop)
                     cut = min((i for s in self.sampling.stop if (i := text.find(s, start)) >= 0), default=-1)
@@ -84,6 +87,13 @@ class RowDecoder:
         if self.generated >= self.sampling.max_tokens:
             return self.finish("length")
         return self._safe_delta() if self.incremental else ""
+
+    def _decoded(self) -> str:
+        """The shown tokens as text, less a healed prompt's backed-up text (which they start with
+        unless the loop did not apply the healing mask: then nothing is cut)."""
+        text = self.tokenizer.decode(self._shown)
+        healed = self.sampling.healed
+        return text[len(healed):] if healed and text.startswith(healed) else text
 
     def _track_ends(self, length: int) -> None:
         """The text now ends at `length`: the newest token's text ends there, and no pending one
@@ -127,7 +137,7 @@ class RowDecoder:
         if self.finish_reason is None:
             self.finish_reason = reason
             if not self.incremental:
-                self.text = self.tokenizer.decode(self._shown) if self._shown else ""
+                self.text = self._decoded() if self._shown else ""
         delta = self.text[self.emitted:]
         self.emitted = len(self.text)
         return delta

@@ -89,6 +89,9 @@ class AnthropicBackend(HostedBackend):
         extra = dict(o.extra_body)
         if request.seed is not None:
             raise APIError("anthropic: the Messages API has no seed; leave it unset", "unsupported")
+        for name in ("min_p", "repetition_penalty"):
+            if getattr(request, name) is not None:
+                raise APIError(f"anthropic: the Messages API has no {name}; leave it unset", "unsupported")
         for name in ("temperature", "top_p", "top_k"):
             value = first(getattr(request, name), getattr(o, name))
             if value is None:

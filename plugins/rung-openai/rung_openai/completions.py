@@ -74,7 +74,8 @@ def completion_params(backend: Any, request: GenerationRequest, stream: bool = F
 
 def sampling_params(request: GenerationRequest, o: Any, max_field: str, stream: bool) -> dict[str, Any]:
     """What chat and legacy completions requests send alike: the token limit (as `max_field`),
-    temperature, top_p, seed, stops, `extra_body` (with top_k, which vLLM and llama.cpp take)
+    temperature, top_p, seed, stops, `extra_body` (with top_k, min_p and repetition_penalty,
+    which vLLM and llama.cpp take)
     and the stream options; the request's values first, else the backend options'."""
     params: dict[str, Any] = {}
     max_tokens = first(request.max_tokens, o.max_tokens)
@@ -88,8 +89,9 @@ def sampling_params(request: GenerationRequest, o: Any, max_field: str, stream: 
     if stop:
         params["stop"] = stop
     extra = dict(o.extra_body)
-    if request.top_k is not None:
-        extra["top_k"] = request.top_k
+    for name in ("top_k", "min_p", "repetition_penalty"):  # vLLM's and llama.cpp's sampling fields
+        if getattr(request, name) is not None:
+            extra[name] = getattr(request, name)
     if extra:
         params["extra_body"] = extra
     if stream:

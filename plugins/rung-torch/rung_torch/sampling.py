@@ -6,18 +6,18 @@ inside the engine's evaluation context with the model being trained (`RolloutStr
 
 - rung's `Transformer` (peft-wrapped too): the algorithm of `rung_torch.generate.generate_tokens`,
   the backend's own batched KV-cache decoder (left-padded rows, each decoded as it would be
-  alone, the flat fast forward when the layers are plain, `generate.choose`'s rule), for ids
+  alone, the flat fast forward when the layers are plain, `picking.choose`'s rule), for ids
   only: each distinct prompt prefilled once and its cache rows copied to its repeats (GRPO
   passes each prompt G times), no per-row decoder, tokens kept in tensors until the end.
   Row i draws from its own generator seeded `sampling.seed + i`, so row i equals
   `backend.generate` of prompt i with that seed. The fast forward's weight copies are
   rebuilt after each optimizer step (the engine calls `modeling.weights_changed`).
 - a transformers model (peft-wrapped too): its own `generate` (its KV cache) on one
-  left-padded batch, each next token picked by rung's rule (`generate.choose`, through a
+  left-padded batch, each next token picked by rung's rule (`picking.choose`, through a
   logits processor) from row i's generator seeded `sampling.seed + i`: the policy's own
-  distribution (temperature, top-k, top-p only; none of the checkpoint's
-  generation_config.json extras such as a repetition penalty), reproducible, and the global
-  RNG left alone.
+  distribution (temperature, top-k, top-p, min-p only; a repetition penalty is refused, and
+  none of the checkpoint's generation_config.json extras apply), reproducible, and the global
+  RNG left alone. rung's own models honour a repetition penalty (`choose`'s `seen`).
 """
 
 from __future__ import annotations
@@ -80,7 +80,8 @@ def _decode_ids(model: Any, prompts: list[list[int]], sampling: Sampling) -> lis
     step at once (a CPU generator's n draws in one call are its n single draws: the same ids);
     tokens and stops stay in tensors until the end, one inference-mode context for the loop.
     """
-    from rung_torch.generate import FastForward, choose, computing, context_error, forward_for
+    from rung_torch.generate import FastForward, computing, context_error, forward_for
+    from rung_torch.picking import choose, seen_tokens
     from rung_torch.model import KVCache
 
     device = next(model.parameters()).device
@@ -146,9 +147,10 @@ def _decode_ids(model: Any, prompts: list[list[int]], sampling: Sampling) -> lis
     out = torch.empty((steps, B), dtype=torch.long, device=device)
     stop_ids = torch.tensor(sorted(int(i) for i in sampling.stop_ids), dtype=torch.long, device=device)
     stopped = torch.zeros(B, dtype=torch.bool, device=device)
+    seen = seen_tokens(prompts, alike, config.vocab_size, device)  # None: no repetition penalty
     with computing(device, n_params * B):
         for step in range(steps):
-            tokens = choose(logits, alike, generators, None if uniforms is None else uniforms[step])
+            tokens = choose(logits, alike, generators, None if uniforms is None else uniforms[step], seen=seen)
             out[step] = tokens
             if step + 1 == steps:
                 break
@@ -176,6 +178,9 @@ def _through_stop(tokens: list[int], stop_ids: frozenset[int] | set[int]) -> lis
 def _sample_transformers(model: Any, owner: Any, prompts: list[list[int]], sampling: Sampling) -> list[list[int]]:
     from transformers import GenerationConfig, LogitsProcessorList
 
+    if sampling.penalizes:
+        raise RungError("sample_tokens: a repetition penalty is applied to rung's own models only; "
+                        "for a transformers model leave repetition_penalty at 1")
     device = next(owner.parameters()).device
     stops = sorted(int(i) for i in sampling.stop_ids)
     pad = _pad_id(owner, stops)
@@ -207,7 +212,7 @@ def _sample_transformers(model: Any, owner: Any, prompts: list[list[int]], sampl
 
 class RowChooser:
     """A transformers logits processor that picks each row's next token as rung's decoder does
-    (`generate.choose`: greedy, or temperature / top-k / top-p from the row's own generator)
+    (`picking.choose`: greedy, or temperature / top-k / top-p from the row's own generator)
     and leaves only that token possible, so greedy `generate` emits it."""
 
     def __init__(self, rows: Sequence[Sampling], device: torch.device) -> None:
@@ -222,7 +227,7 @@ class RowChooser:
             self.generators.append(generator)
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        from rung_torch.generate import choose
+        from rung_torch.picking import choose
 
         chosen = choose(scores, self.rows, self.generators)
         only = torch.full_like(scores, float("-inf"))
