@@ -44,6 +44,9 @@ from smoke import parse_args
 
 SMOKE = {"preset": "test", "clients": 3, "requests": 2, "new": 4}
 HOST = "127.0.0.1"
+MAX_PROMPT_TOKENS = 64  # prompt_of's longest prompt is 60 bytes: at most 60 tokens plus specials
+CB_BLOCK_TOKENS = 32
+REQUEST_TIMEOUT_S = 600
 
 
 def prompt_of(client: int, index: int) -> str:
@@ -60,7 +63,16 @@ class Reply:
 
 
 async def stream_completion(port: int, body: dict) -> Reply:
-    """One streamed /v1/completions request on its own connection, read to its last event."""
+    """One streamed /v1/completions request on its own connection, read to its last event; a
+    server that stops answering fails the run instead of hanging it."""
+    try:
+        async with asyncio.timeout(REQUEST_TIMEOUT_S):
+            return await _stream_completion(port, body)
+    except TimeoutError:
+        raise RuntimeError(f"port {port}: no complete reply in {REQUEST_TIMEOUT_S} s") from None
+
+
+async def _stream_completion(port: int, body: dict) -> Reply:
     started = time.perf_counter()
     reader, writer = await asyncio.open_connection(HOST, port)
     payload = json.dumps({**body, "stream": True, "stream_options": {"include_usage": True}}).encode()
@@ -203,7 +215,7 @@ class InProcess:
         import rung
 
         torch.set_num_threads(args.threads)
-        self.backend, self.new = rung.backend("torch", model=str(folder), device="cpu"), args.new
+        self.backend, self.new = rung.backend("torch", model=str(folder), device=args.device), args.new
         self.reply(0)  # warm-up
 
     def reply(self, index: int) -> Reply:
@@ -245,6 +257,7 @@ def main() -> None:
     parser.add_argument("--new", type=int, default=64, help="new tokens per request")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of each server (OMP_NUM_THREADS)")
     parser.add_argument("--rung-only", action="store_true", help="skip transformers serve")
+    parser.add_argument("--device", default="cpu", help="where both servers run the model (cpu, cuda)")
     args = parse_args(parser, SMOKE)
 
     bin_dir = Path(sys.executable).parent
@@ -269,14 +282,19 @@ def main() -> None:
               flush=True)
         print(HEADER, flush=True)
         figures: dict[tuple[str, int], Figures] = {}
-        servers = [("rung serve", [rung_cmd, "serve", "-b", "torch", "-m", str(folder), "-o", "device=cpu",
+        servers = [("rung serve", [rung_cmd, "serve", "-b", "torch", "-m", str(folder), "-o", f"device={args.device}",
                                    "--name", "model", "--max-slots", str(max(1, args.clients)),
                                    "--log-level", "warning"], "model")]
         if skip_transformers is None:
-            base = [transformers_cmd, "serve", str(folder), "--host", HOST, "--device", "cpu", "--dtype", "float32",
-                    "--log-level", "warning"]
+            base = [transformers_cmd, "serve", str(folder), "--host", HOST, "--device", args.device,
+                    "--dtype", "float32", "--log-level", "warning"]
+            # Its continuous batching sizes its KV cache to 60-90% of the free memory unless told a
+            # size: on a 24 GiB CPU machine its first request spent 90 s in page faults (and a busier
+            # machine can swap). Room for every client's longest request, as rung's slots hold.
+            blocks = args.clients * -(-(MAX_PROMPT_TOKENS + args.new) // CB_BLOCK_TOKENS)
+            cb = ["--continuous-batching", "--cb-block-size", str(CB_BLOCK_TOKENS), "--cb-num-blocks", str(blocks)]
             servers += [("transformers serve", base, str(folder)),
-                        ("transformers serve --cb", base + ["--continuous-batching"], str(folder))]
+                        ("transformers serve --cb", base + cb, str(folder))]
         for label, command, model in servers:
             port = free_port()
             command = command + ["--port", str(port)]

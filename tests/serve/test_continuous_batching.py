@@ -6,14 +6,16 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import socket
 import threading
+import time
 
 import pytest
 
 from rung_serve.limits import Limits
 from rung_serve.openai_format import chat_request, completion_request
 
-from tests.serve.serving import API_KEY, NAME, ServerThread
+from tests.serve.serving import API_KEY, NAME, ServerThread, ask
 
 openai = pytest.importorskip("openai")
 
@@ -33,26 +35,6 @@ def bodies() -> list[dict]:
         body["stream"] = i % 4 in (1, 2)
         out.append(body)
     return out
-
-
-async def ask(client, body: dict) -> tuple[str, str, int]:
-    """(text, finish_reason, completion tokens) of one request, streamed or not."""
-    fields = {k: v for k, v in body.items() if k != "stream"}
-    chat = "messages" in body
-    create = client.chat.completions.create if chat else client.completions.create
-    if not body["stream"]:
-        reply = await create(model=NAME, **fields)
-        choice = reply.choices[0]
-        return (choice.message.content if chat else choice.text), choice.finish_reason, reply.usage.completion_tokens
-    pieces, reason, tokens = [], None, None
-    stream = await create(model=NAME, stream=True, stream_options={"include_usage": True}, **fields)
-    async for chunk in stream:
-        if chunk.usage is not None:
-            tokens = chunk.usage.completion_tokens
-        for choice in chunk.choices:
-            pieces.append((choice.delta.content if chat else choice.text) or "")
-            reason = choice.finish_reason or reason
-    return "".join(pieces), reason, tokens
 
 
 def test_32_concurrent_clients_each_get_the_reply_generate_gives_alone(tiny_backend):
@@ -115,6 +97,57 @@ def test_a_client_that_disconnects_frees_its_slot_for_the_next(long_backend):
         assert (scheduler.active, scheduler.waiting) == (0, 0)
 
 
+def until(predicate, what: str) -> None:
+    """Wait for `predicate` (a hang guard of 10 minutes, not a time limit: it never binds unless
+    the condition never comes)."""
+    for _ in range(120_000):
+        if predicate():
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"never happened: {what}")
+
+
+def scraped(url: str) -> dict[tuple[str, tuple], float]:
+    """/metrics parsed by prometheus-client's own parser: (sample name, sorted labels) -> value."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url + "/metrics") as reply:
+        text = reply.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_a_client_that_disconnects_before_a_whole_reply_frees_its_slot_at_once(long_backend):
+    """Not streamed: the client closes its socket while its 4000-token request decodes, and the
+    slot is freed by cancelling the request, long before the reply would have ended."""
+    pytest.importorskip("prometheus_client")
+    from rung_serve.app import create_app
+
+    app = create_app({NAME: long_backend}, limits=Limits(max_slots=1))
+    scheduler = app.state.served[NAME].scheduler
+    with ServerThread(app) as served:
+        body = json.dumps({"prompt": "hi", "max_tokens": 4000, "temperature": 0}).encode()
+        with socket.create_connection(("127.0.0.1", served.port)) as sock:
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            until(lambda: scheduler.active == 1 and scheduler.steps > 0, "the request decoding in its slot")
+        # the client has gone, its answer unsent
+        until(lambda: scheduler.active == 0, "the slot free")
+        assert scheduler.cancelled_slots == 1  # freed by the cancel, not by the request's end
+        assert scheduler.steps < 4000
+        key = ("rung_serve_requests_total", (("endpoint", "/v1/completions"), ("status", "499")))
+        until(lambda: scraped(served.url).get(key) == 1, "the request counted as 499 (client closed)")
+        assert scraped(served.url)[("rung_serve_requests_in_flight", (("model", NAME),))] == 0
+        # The model serves the next request as usual, and one whose client stays gets its reply.
+        client = openai.OpenAI(base_url=served.url + "/v1", api_key="unused", max_retries=0)
+        following = client.completions.create(model=NAME, prompt="next", max_tokens=12, temperature=0)
+        assert following.choices[0].text == long_backend.generate(completion_request(
+            {"prompt": "next", "max_tokens": 12, "temperature": 0})).text
+        assert (scheduler.active, scheduler.cancelled_slots) == (0, 1)
+
+
 def test_the_scheduler_frees_cancelled_requests_and_ends_its_idle_thread(long_backend):
     from rung.records import GenerationRequest
     from rung_serve.scheduling import Scheduler
@@ -151,3 +184,12 @@ def test_the_scheduler_frees_cancelled_requests_and_ends_its_idle_thread(long_ba
         threading.Event().wait(0.01)
     assert scheduler._thread is None
     assert asyncio.run(scheduler.generate(request)) == first[0]  # a new worker starts for the next request
+
+
+def test_a_backend_whose_decode_slots_returns_none_is_served_one_at_a_time(tiny_backend, monkeypatch):
+    from rung_serve.scheduling import _Model
+
+    assert _Model(NAME, tiny_backend).scheduler is not None
+    monkeypatch.setattr(tiny_backend, "decode_slots", lambda max_slots=32: None)
+    model = _Model(NAME, tiny_backend)
+    assert model.scheduler is None and model.lock is not None and model.slots is None

@@ -8,41 +8,10 @@ import torch
 
 from rung.errors import RungError
 from rung.interfaces import DecodeSlots
-from rung.records import Completion, GenerationRequest, Message
+from rung.records import GenerationRequest, Message
+from tests.slots_driver import run
 
 PROMPTS = ["Hi", "A much longer prompt than the first one, with more words", "Middle sized", "x", "Four five six"]
-
-
-def run(slots, arrivals: dict[int, list[GenerationRequest]], cancel_at: dict[int, list[int]] | None = None,
-        most_active: list[int] | None = None) -> dict[int, Completion]:
-    """Drive `slots` step by step: the requests of `arrivals[k]` join before step k; the
-    requests numbered in `cancel_at[k]` (in arrival order) are cancelled before step k.
-    Returns each finished request's Completion (the concatenated deltas), by arrival number."""
-    arrivals = {k: list(v) for k, v in arrivals.items()}
-    cancel_at = cancel_at or {}
-    owner: dict[int, int] = {}  # slot -> arrival number
-    slot_of: dict[int, int] = {}
-    texts: dict[int, list[str]] = {}
-    done: dict[int, Completion] = {}
-    number, step = 0, 0
-    while any(arrivals.values()) or slots.active:
-        for n in cancel_at.get(step, []):
-            slots.cancel(slot_of[n])
-            owner.pop(slot_of[n], None)
-        for request in arrivals.pop(step, []):
-            slot = slots.add(request)
-            owner[slot], slot_of[number], texts[number] = number, slot, []
-            number += 1
-        if most_active is not None:
-            most_active.append(slots.active)
-        for slot, delta in slots.step():
-            n = owner[slot]
-            texts[n].append(delta.text)
-            if delta.finish_reason is not None:
-                done[n] = Completion("".join(texts[n]), delta.finish_reason, delta.usage, delta.model)
-                del owner[slot]
-        step += 1
-    return done
 
 
 @pytest.fixture

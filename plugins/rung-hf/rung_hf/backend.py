@@ -93,14 +93,19 @@ class HFBackend(BaseBackend):
     # ------------------------------------------------------------------ requests -> ids
 
     def defaults(self) -> Defaults:
-        """The options' generation defaults, else the model's generation_config.json."""
+        """The options' generation defaults, else the model's generation_config.json (token
+        healing: the options' only)."""
         base, o = self._base_generation_config, self.options
         temperature = o.temperature
         if temperature is None:
             temperature = (base.temperature if base.temperature is not None else 1.0) if base.do_sample else 0.0
         return Defaults(max_tokens=o.max_tokens, temperature=temperature,
                         top_p=o.top_p if o.top_p is not None else base.top_p,
-                        top_k=o.top_k if o.top_k is not None else base.top_k)
+                        top_k=o.top_k if o.top_k is not None else base.top_k,
+                        min_p=o.min_p if o.min_p is not None else getattr(base, "min_p", None),
+                        repetition_penalty=o.repetition_penalty if o.repetition_penalty is not None
+                        else getattr(base, "repetition_penalty", None),
+                        token_healing=o.token_healing)
 
     def _prepare(self, request: GenerationRequest) -> tuple[list[int], Sampling]:
         return request_to_prompt(request, self.tokenizer, self.defaults(), context=self.context_length,
@@ -147,6 +152,25 @@ class HFBackend(BaseBackend):
                 for index, completion in zip(chunk, self._run([prepared[i] for i in chunk])):
                     results[index] = completion
         return results  # type: ignore[return-value]
+
+    @property
+    def decode_slots(self) -> Any:
+        """`decode_slots(max_slots)`: a running decode batch of `max_slots` requests on this model
+        (`rung.interfaces.DecodeSlots`, continuous batching in rung serve: `rung_hf.slots`).
+
+        None (rung serve then answers one request at a time) when `continuous_batching` is off
+        or the model cannot decode that way (a sliding-window or other non-plain cache, a
+        forward without position_ids): `rung_hf.slots.batchable` says why."""
+        from rung_hf.slots import batchable
+
+        if not self.options.continuous_batching or batchable(self.model) is not None:
+            return None
+        return self._decode_slots
+
+    def _decode_slots(self, max_slots: int = 32) -> Any:
+        from rung_hf.slots import HFDecodeSlots
+
+        return HFDecodeSlots(self, max_slots)
 
     def stream(self, request: GenerationRequest) -> Iterator[Delta]:
         """Deltas as tokens are decoded; text that may begin a stop string is held back."""

@@ -12,9 +12,10 @@ the model's own processors such as a repetition penalty, when its generation_con
 and as the streamer, which sees the tokens chosen from them; echo scores the prompt with one
 forward pass.
 
-Structured output (`Sampling.constraint`): `constrained` adds rung-torch's `ConstrainedLogits`
-to the processors (after `StepLogprobs`, so log-probabilities stay the model's own): each
-row's guide masks the ids the schema does not allow at every step.
+Structured output and token healing (`Sampling.constraint`): `constrained` adds rung-torch's
+`ConstrainedLogits` to the processors (after `StepLogprobs`, so log-probabilities stay the
+model's own): each row's guide masks the ids the schema (or healing's first token) does not
+allow.
 """
 
 from __future__ import annotations
@@ -31,20 +32,25 @@ from rung.records import TokenLogprob
 def generation_config(base: Any, sampling: Sampling, pad_id: int) -> Any:
     """A copy of the model's GenerationConfig that decodes as `sampling` says.
 
-    Settings the Sampling has no word for (repetition_penalty, min_p...) stay the model's own
-    when sampling; greedy decoding clears the sampling ones, which transformers warns about.
+    min_p and repetition_penalty are the Sampling's (which took the model's as defaults:
+    `HfBackend.defaults`); transformers applies them with its MinPLogitsWarper (sampling only)
+    and RepetitionPenaltyLogitsProcessor (greedy too; it reads the whole input, so a
+    left-padded row's pad id counts as seen). Settings the Sampling has no word for
+    (typical_p...) stay the model's own when sampling; greedy decoding clears the sampling
+    ones, which transformers warns about.
     """
     config = copy.deepcopy(base)
     updates: dict[str, Any] = dict(
         max_new_tokens=sampling.max_tokens, max_length=None, min_new_tokens=None, min_length=None,
         num_beams=1, num_return_sequences=1, pad_token_id=pad_id,
         eos_token_id=sorted(sampling.stop_ids) or None, do_sample=not sampling.greedy,
+        repetition_penalty=sampling.repetition_penalty,
     )
     if sampling.greedy:
         updates.update(temperature=None, top_p=None, top_k=None, min_p=None, typical_p=None)
     else:
         updates.update(temperature=sampling.temperature, top_p=sampling.top_p or 1.0,
-                       top_k=sampling.top_k or 0)  # 0: no top-k
+                       top_k=sampling.top_k or 0, min_p=sampling.min_p)  # 0: no top-k; None: no min-p
     for key, value in updates.items():
         setattr(config, key, value)
     return config
@@ -72,7 +78,7 @@ def constrained(sampling: Sampling, rows: int, width: int, extra: dict[str, Any]
         return extra
     from transformers import LogitsProcessorList
 
-    from rung_torch.generate import ConstrainedLogits
+    from rung_torch.picking import ConstrainedLogits
 
     guides = [sampling.constraint.guide(sampling.stop_ids, sampling.max_tokens) for _ in range(rows)]
     processors = [*extra.get("logits_processor", ()), ConstrainedLogits(guides, width)]

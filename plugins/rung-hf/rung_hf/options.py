@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from rung.options import Options
+from rung.options import Options, SamplingDefaults
 from rung.paths import existing_path, looks_like_path, path_problem
 
 #: Accepted spellings of a weights dtype, and the name transformers/torch give each.
@@ -64,7 +64,7 @@ def local_or_hub(value: str | None, info: ValidationInfo, field: str, what: str 
     return value
 
 
-class HFOptions(HubOptions):
+class HFOptions(HubOptions, SamplingDefaults):
     """Any transformers causal LM: a local directory (config.json + safetensors) or a hub id.
 
     The training fields (`precision`, `device`, `compile`, `activation_checkpointing`) mean
@@ -99,6 +99,10 @@ class HFOptions(HubOptions):
     top_p: float | None = Field(None, gt=0, le=1, description="default nucleus sampling; null: the model's")
     top_k: int | None = Field(None, ge=0, description="default top-k; null: the model's")
     batch_size: int = Field(16, ge=1, description="most prompts generate_batch decodes together")
+    continuous_batching: bool = Field(
+        True, description="rung serve decodes requests together in one running batch (decode_slots); "
+                          "false: one request at a time"
+    )
 
     # training (read by rung_torch.engine.TorchEngine)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(

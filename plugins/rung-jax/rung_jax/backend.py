@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from rung.decoding import Defaults, RowDecoder, request_to_prompt
+from rung.decoding import RowDecoder, defaults_of, request_to_prompt
 from rung.errors import ConfigError, RungError
 from rung.interfaces import BaseBackend, Capabilities, Tokenizer
 from rung.records import Completion, Delta, GenerationRequest, Usage
@@ -184,13 +184,27 @@ class JaxBackend(BaseBackend):
         """One request at a time: each decode loop already uses every core."""
         return [self.generate(r) for r in requests]
 
+    @property
+    def decode_slots(self) -> Any:
+        """`decode_slots(max_slots)`: a running decode batch of `max_slots` requests on this model
+        (`rung.interfaces.DecodeSlots`, continuous batching in rung serve: `rung_jax.slots`);
+        None (rung serve then answers one request at a time) when `continuous_batching` is off."""
+        if not self.options.continuous_batching:
+            return None
+        return self._decode_slots
+
+    def _decode_slots(self, max_slots: int = 32) -> Any:
+        from rung_jax.slots import JaxDecodeSlots
+
+        return JaxDecodeSlots(self, max_slots)
+
     def _decode_dtype(self):
         from rung_jax.runtime import DTYPES
 
         return DTYPES[self.decode_precision]
 
     def _prepare(self, request: GenerationRequest):
-        defaults = Defaults(max_tokens=self.options.max_tokens, temperature=self.options.temperature)
+        defaults = defaults_of(self.options)
         return request_to_prompt(request, self._tokenizer(), defaults, context=self.model.arch.max_seq_len)
 
     def _tokenizer(self) -> Tokenizer:

@@ -35,17 +35,33 @@ from rung_jax import runtime
 
 
 def build_optimizer(options: Any) -> optax.GradientTransformation:
-    """Clipping (when set) then AdamW; matrices decay, vectors (norm weights) do not.
+    """Clipping (when set) then AdamW (matrices decay, vectors, norm weights, do not), or with
+    `options.optimizer: muon` Muon for the hidden matrices and that AdamW for the rest
+    (`rung_jax.muon`, rung-torch's Muon step for step).
 
     The learning rate is a hyperparameter in the optimizer state (`opt_state.hyperparams`)
     that each step sets to the rate the core's loop computed and logs: no second schedule.
+    Muon moves at that rate times muon_lr / learning_rate, so it follows the same schedule.
     """
+    name = getattr(options, "optimizer", None) or "adamw"
+    if name not in ("adamw", "muon"):
+        raise RungError(f"trainer.optimizer: '{name}' is not one of adamw, muon")
     decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
+    if name == "muon":
+        from rung_jax.muon import muon_with_adamw
+
+        ratio = float(getattr(options, "muon_lr", None) or 0.02) / options.learning_rate
+        momentum = float(getattr(options, "muon_momentum", None) or 0.95)
+        # bf16 Newton-Schulz on accelerators, fp32 on a CPU: as rung-torch
+        ns_dtype = jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
 
     def make(learning_rate):
-        adamw = optax.adamw(learning_rate, b1=options.betas[0], b2=options.betas[1], eps=1e-8,
-                            weight_decay=options.weight_decay, mask=decay_mask)
-        return optax.chain(optax.clip_by_global_norm(options.grad_clip), adamw) if options.grad_clip else adamw
+        opt = optax.adamw(learning_rate, b1=options.betas[0], b2=options.betas[1], eps=1e-8,
+                          weight_decay=options.weight_decay, mask=decay_mask)
+        if name == "muon":  # AdamW keeps the embeddings, head and norms
+            opt = muon_with_adamw(opt, learning_rate * ratio, momentum=momentum, weight_decay=options.weight_decay,
+                                  ns_dtype=ns_dtype)
+        return optax.chain(optax.clip_by_global_norm(options.grad_clip), opt) if options.grad_clip else opt
 
     return optax.inject_hyperparams(make)(learning_rate=options.learning_rate)
 

@@ -1,7 +1,9 @@
 """rung's Llama-style decoder in Flax NNX: the same architecture and names as rung-torch.
 
 RMSNorm, rotary positions (Hugging Face Llama's rotate-half convention), SwiGLU MLP,
-grouped-query attention, no biases, tied or untied embeddings. Module paths mirror
+grouped-query attention, no biases, tied or untied embeddings; with `qk_norm`, an RMSNorm on
+each head's queries and keys before the rotary positions (`self_attn.q_norm` / `k_norm`,
+transformers' Qwen3). Module paths mirror
 `transformers`' `LlamaForCausalLM` (`model.layers.0.self_attn.q_proj.kernel` is
 `model.layers.0.self_attn.q_proj.weight` transposed), so weights map one to one.
 
@@ -40,12 +42,13 @@ class Arch:
     norm_eps: float
     tie_embeddings: bool
     init_std: float
+    qk_norm: bool = False
 
     @classmethod
     def of(cls, config: ModelConfig) -> "Arch":
         return cls(config.vocab_size, config.dim, config.n_layers, config.n_heads, config.kv_heads,
                    config.head_dim, config.mlp_dim, config.max_seq_len, config.rope_theta,
-                   config.norm_eps, config.tie_embeddings, config.init_std)
+                   config.norm_eps, config.tie_embeddings, config.init_std, config.qk_norm)
 
 
 class RMSNorm(nnx.Module):
@@ -92,11 +95,17 @@ class Attention(nnx.Module):
         self.v_proj = _linear(d, arch.kv_heads * hd, arch.init_std, rngs)
         self.o_proj = _linear(arch.n_heads * hd, d, out_std, rngs)
         self.n_heads, self.kv_heads, self.head_dim = arch.n_heads, arch.kv_heads, hd
+        self.qk_norm = arch.qk_norm
+        if arch.qk_norm:
+            self.q_norm = RMSNorm(hd, arch.norm_eps)
+            self.k_norm = RMSNorm(hd, arch.norm_eps)
 
     def __call__(self, x, cos, sin, mask, cache=None, index=None):
         b, t, _ = x.shape
         q = self.q_proj(x).reshape(b, t, self.n_heads, self.head_dim)
         k = self.k_proj(x).reshape(b, t, self.kv_heads, self.head_dim)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         v = self.v_proj(x).reshape(b, t, self.kv_heads, self.head_dim)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
@@ -165,7 +174,7 @@ class Llama(nnx.Module):
         return ModelConfig(vocab_size=a.vocab_size, dim=a.dim, n_layers=a.n_layers, n_heads=a.n_heads,
                            n_kv_heads=a.kv_heads, hidden_dim=a.mlp_dim, max_seq_len=a.max_seq_len,
                            rope_theta=a.rope_theta, norm_eps=a.norm_eps,
-                           tie_embeddings=a.tie_embeddings, init_std=a.init_std)
+                           tie_embeddings=a.tie_embeddings, init_std=a.init_std, qk_norm=a.qk_norm)
 
     def _head(self, x: jax.Array) -> jax.Array:
         if self.arch.tie_embeddings:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 
 from rung.model_config import PRESETS, LocalModelOptions
-from rung.options import Options
+from rung.options import Options, SamplingDefaults
 from rung.paths import existing_path
 
 #: `model`: a preset, or a checkpoint folder that exists when the config is validated.
@@ -41,7 +41,7 @@ class DistributedOptions(Options):
         return self.enabled or self.coordinator_address is not None or self.num_processes is not None
 
 
-class JaxOptions(LocalModelOptions):
+class JaxOptions(LocalModelOptions, SamplingDefaults):
     """rung's Llama-style model in JAX (Flax NNX)."""
 
     mesh: MeshOptions = Field(default_factory=MeshOptions)
@@ -49,6 +49,10 @@ class JaxOptions(LocalModelOptions):
     max_tokens: int = Field(256, ge=1, description="default new tokens per request")
     temperature: float = Field(0.0, ge=0, description="default sampling temperature; 0: greedy")
     seed: int = Field(0, description="seed of the weights of a new model")
+    continuous_batching: bool = Field(
+        True, description="rung serve decodes requests together in one running batch (decode_slots); "
+                          "false: one request at a time"
+    )
 
     # Checked when the config is validated, not after minutes of data preparation.
     _model_exists = field_validator("model")(model_or_preset)

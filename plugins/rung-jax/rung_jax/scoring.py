@@ -53,7 +53,8 @@ def score_of(model: nnx.Module, hidden: jax.Array) -> jax.Array:
 def classifier_config(model: nnx.Module, pad_token_id: int | None) -> dict[str, Any]:
     """config.json of the model as a one-label Llama sequence classifier."""
     config = model.config.to_hf()
-    config.update({"architectures": [CLASSIFIER], "num_labels": 1, "id2label": {"0": "LABEL_0"},
+    config.update({"architectures": ["Qwen3ForSequenceClassification" if model.config.qk_norm else CLASSIFIER],
+                   "num_labels": 1, "id2label": {"0": "LABEL_0"},
                    "label2id": {"LABEL_0": 0}, "pad_token_id": pad_token_id})
     return config
 

@@ -18,14 +18,15 @@ the API calls it makes do (the page asks for the key when /v1/models answers 401
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Mapping
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -51,7 +52,9 @@ from rung_serve.scheduling import _Model
 from rung_serve.schemas import document_bodies
 
 log = logging.getLogger("rung.serve")
+T = TypeVar("T")
 
+CLIENT_CLOSED = 499  # what /metrics counts for a request whose client left before its answer (nginx's code)
 DISCARD_BYTES = 8 << 20  # how much of a body over the limit is read (and dropped) so its client sees the 413
 # The chat page loads nothing but itself and calls only its own origin.
 PAGE_POLICY = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
@@ -175,10 +178,16 @@ def create_app(models: Mapping[str, Any], api_key: str | None = None,
         rung_request = gate.cap_tokens(rung_request)
         if not stream:
             async with gate.turn(model.name, model.turn(), deadline):
+                work = gate.within(deadline, model.agenerate(rung_request))
                 try:
-                    done = await gate.within(deadline, model.agenerate(rung_request))
+                    # A model whose request can be cancelled (continuous batching, a hosted API)
+                    # stops work for a client that has gone, as a stream does; one that decodes
+                    # in a thread of its own behind a lock runs to the end (the lock guards it).
+                    done = await (work if model.lock is not None else _unless_disconnected(request, work))
                 except RungError as exc:
                     raise _backend_error(exc) from None
+            if done is None:  # the client disconnected: nobody to answer
+                return Response(status_code=CLIENT_CLOSED)
             metrics.count_usage(model.name, done.usage)
             return (chat_completion if chat else text_completion)(done, model.name, rung_request)
         return await open_stream(model, rung_request, Chunks(model.name, chat, include_usage, rung_request), started,
@@ -345,6 +354,27 @@ async def _discard(request: Request, seen: int) -> None:
 
 def _too_large(limit: int) -> ServeError:
     return ServeError(413, f"the request body is over the limit of {limit} bytes", code="request_too_large")
+
+
+async def _unless_disconnected(request: Request, awaitable: Awaitable[T]) -> T | None:
+    """`await awaitable`, or None as soon as the client disconnects (the awaitable cancelled then:
+    under continuous batching that frees the request's slot at the next step)."""
+    work = asyncio.ensure_future(awaitable)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not work.done():
+            work.cancel()
+    return work.result() if work.done() else None
+
+
+async def _disconnected(request: Request) -> None:
+    """Return when the client has closed its connection. The body is read already, so the
+    server's next ASGI message for this request is `http.disconnect` (none comes before it)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _close(deltas: Any, turn: Any) -> None:

@@ -61,18 +61,22 @@ class ServeConfigBase(Options):
     _where: _Where = PrivateAttr(default_factory=lambda: _Where("<serve config>", {}, set()))
 
 
-_models: dict[int, type[ServeConfigBase]] = {}
+# id(registry) -> (the registry, its model): the registry is held so that its id is not reused
+# by a later registry while cached (rung.config.config_model keeps its cache the same way).
+_models: dict[int, tuple[Registry, type[ServeConfigBase]]] = {}
 
 
 def serve_config_model(registry: Registry) -> type[ServeConfigBase]:
     """The serve config's model for the installed backends and tokenizers (built once per registry)."""
-    if id(registry) not in _models:
+    cached = _models.get(id(registry))
+    if cached is None or cached[0] is not registry:
         entry = create_model("ServedModel", __base__=ModelEntryBase,
                              backend=(_section_union(registry, "backend"), Field(description="the backend section")),
                              tokenizer=(_section_union(registry, "tokenizer") | None, None))
-        _models[id(registry)] = create_model("ServeConfig", __base__=ServeConfigBase,
-                                             models=(list[entry], Field(min_length=1)))  # type: ignore[valid-type]
-    return _models[id(registry)]
+        model = create_model("ServeConfig", __base__=ServeConfigBase,
+                             models=(list[entry], Field(min_length=1)))  # type: ignore[valid-type]
+        cached = _models[id(registry)] = (registry, model)
+    return cached[1]
 
 
 def load_serve_config(path: str | Path, registry: Registry | None = None) -> ServeConfigBase:

@@ -43,8 +43,8 @@ class Limits(Options):
     max_tokens: int | None = Field(None, ge=1, description="the most new tokens a request may ask for, and what it "
                                    "gets when it asks for none; null: the model's own limit")
     max_body_bytes: int = Field(MAX_BODY_BYTES, ge=1, description="the largest request body accepted (413 beyond)")
-    max_slots: int = Field(32, ge=1, description="requests a compute model with continuous batching (torch) decodes "
-                           "at once, each in its own KV-cache slot")
+    max_slots: int = Field(32, ge=1, description="requests a compute model with continuous batching (torch, hf, jax) "
+                           "decodes at once, each in its own KV-cache slot")
 
 
 def capacity_of(model: Any) -> int | None:

@@ -1,7 +1,8 @@
 """OpenAI's JSON to rung's records and back: request bodies, completions, stream chunks.
 
 Plain functions on dicts, no web framework, so the mapping is tested and read on its own.
-A field rung cannot honour yet is refused (`BadRequest`), never silently ignored.
+A field rung cannot honour yet is refused (`BadRequest`), never silently ignored. vLLM's
+extra sampling fields `top_k` (-1: off), `min_p` and `repetition_penalty` are read too.
 
 Log-probabilities as OpenAI gives them: on chat, `logprobs: true` (+ `top_logprobs` 0..20)
 answers `choices[].logprobs.content[] = {token, logprob, bytes, top_logprobs: [{token, logprob,
@@ -20,7 +21,7 @@ import time
 import uuid
 from typing import Any
 
-from rung.records import Completion, Delta, GenerationRequest, Message, TokenLogprob, Usage
+from rung.records import Completion, Delta, GenerationRequest, Message, TokenLogprob, Usage, check_sampling_values
 
 MAX_TOP_LOGPROBS = {"chat": 20, "completions": 5}  # OpenAI's limits
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
@@ -103,8 +104,16 @@ def _sampling(body: dict[str, Any], echo: bool = False) -> dict[str, Any]:
     max_tokens = _int(body, "max_completion_tokens", low)
     if max_tokens is None:
         max_tokens = _int(body, "max_tokens", low)
+    top_k = _int(body, "top_k", -1)
+    extra = {"top_k": None if top_k in (None, -1) else top_k}  # vLLM's -1: off (0 too)
+    for name in ("min_p", "repetition_penalty"):  # vLLM's extra sampling fields
+        extra[name] = _number(body, name)
+        try:
+            check_sampling_values(**{name: extra[name]})
+        except ValueError as exc:
+            raise BadRequest(str(exc), name) from None
     return dict(max_tokens=max_tokens, temperature=_number(body, "temperature"), top_p=_number(body, "top_p"),
-                stop=_stop(body), seed=_int(body, "seed"))
+                stop=_stop(body), seed=_int(body, "seed"), **extra)
 
 
 def stream_flags(body: dict[str, Any]) -> tuple[bool, bool]:

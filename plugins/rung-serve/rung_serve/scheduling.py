@@ -2,18 +2,23 @@
 
 `_Model` is one served backend (what the app calls `agenerate`/`astream` on):
 
-- a compute backend with `decode_slots` (rung-torch) gets a `Scheduler`: requests join and
-  leave one running decode batch at step boundaries, each in its own KV-cache slot, so up to
-  `max_slots` clients share the model at once (`slots`: what the app's gate counts as its
+- a compute backend with `decode_slots` (rung-torch, rung-hf, rung-jax) gets a `Scheduler`:
+  requests join and leave one running decode batch at step boundaries, each in its own KV-cache
+  slot, so up to `max_slots` clients share the model at once (`slots`: what the app's gate counts as its
   capacity; more wait in the scheduler's queue);
-- another compute backend (hf, jax) answers one request at a time (`turn()` is a lock);
+- another compute backend (one whose `decode_slots` is None: switched off with
+  `continuous_batching: false`, or a model it cannot batch) answers one request at a time
+  (`turn()` is a lock);
 - a hosted backend is proxied, every request at once.
 
 The `Scheduler` owns the backend's `rung.interfaces.DecodeSlots` and one worker thread, the
 only one that touches the model: while any slot is active it runs `step()`; at each step
 boundary it first frees the slots of requests that were cancelled (a client that disconnected,
 a request past its time limit), then admits waiting requests into free slots (prefill), and
-hands each step's deltas to their requests' asyncio queues (`loop.call_soon_threadsafe`). A
+hands each step's deltas to their requests' asyncio queues (`loop.call_soon_threadsafe`, once
+per event loop per step; a request that does not stream gets its whole reply at once, so its
+loop is not woken at every step). The backend's step returns its text before feeding the picked
+tokens back (`rung_torch.batching`), so the event loop sends it while the next step computes. A
 request a slot cannot decode (log-probabilities, echo: `DecodeSlots.accepts`) runs through the
 backend's own `generate`/`stream` on the same thread, the batch pausing meanwhile.
 """
@@ -43,7 +48,8 @@ class _Model:
         self.name, self.backend = name, backend
         compute = hasattr(backend, "framework")
         make_slots = getattr(backend, "decode_slots", None) if compute else None
-        self.scheduler: Scheduler | None = Scheduler(make_slots(max_slots), name) if make_slots else None
+        slots = make_slots(max_slots) if make_slots else None  # None from the call too: cannot batch
+        self.scheduler: Scheduler | None = Scheduler(slots, name) if slots is not None else None
         self.slots: int | None = max_slots if self.scheduler is not None else None
         self.lock: asyncio.Lock | None = asyncio.Lock() if compute and self.scheduler is None else None
 
@@ -73,6 +79,7 @@ class _Ticket:
         self.request, self.streaming, self.loop = request, streaming, loop
         self.queue: asyncio.Queue[Any] = asyncio.Queue()
         self.slot: int | None = None
+        self.pieces: list[str] = []  # a reply that does not stream, gathered by the worker until it ends
         self.cancelled = False  # set by the asyncio side; the worker frees the slot at its next boundary
         self.finished = False  # set by the asyncio side once the last item arrived
 
@@ -134,20 +141,12 @@ class Scheduler:
     async def generate(self, request: GenerationRequest) -> Completion:
         """`request` decoded to its end; cancelling the await frees its slot."""
         ticket = self._submit(request, streaming=False)
-        pieces: list[str] = []
         try:
-            while True:
-                item = await ticket.queue.get()
-                if isinstance(item, BaseException):
-                    ticket.finished = True
-                    raise item
-                if isinstance(item, Completion):  # a request the backend decoded on its own
-                    ticket.finished = True
-                    return item
-                pieces.append(item.text)
-                if item.finish_reason is not None:
-                    ticket.finished = True
-                    return Completion("".join(pieces), item.finish_reason, item.usage or Usage(), item.model)
+            item = await ticket.queue.get()  # the whole reply (the worker gathers it), or an error
+            ticket.finished = True
+            if isinstance(item, BaseException):
+                raise item
+            return item
         finally:
             if not ticket.finished:
                 self._cancel(ticket)
@@ -261,14 +260,20 @@ class Scheduler:
                 ticket.deliver(exc)
             return
         # One wake-up of each event loop per step, however many requests it serves.
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Ticket, Delta]]] = {}
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Ticket, Delta | Completion]]] = {}
         for slot, delta in deltas:
             ticket = self._running.get(slot)
             if ticket is None:
                 continue
+            item: Delta | Completion = delta
             if delta.finish_reason is not None:
                 del self._running[slot]
-            by_loop.setdefault(ticket.loop, []).append((ticket, delta))
+            if not ticket.streaming:  # gathered here: its loop wakes once, for the whole reply
+                ticket.pieces.append(delta.text)
+                if delta.finish_reason is None:
+                    continue
+                item = Completion("".join(ticket.pieces), delta.finish_reason, delta.usage or Usage(), delta.model)
+            by_loop.setdefault(ticket.loop, []).append((ticket, item))
         for loop, items in by_loop.items():
             try:
                 loop.call_soon_threadsafe(_put_all, items)

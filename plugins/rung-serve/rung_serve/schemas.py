@@ -40,6 +40,11 @@ class _Sampling(_Body):
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=-1, description="vLLM's: sample among the k most likely; -1 or 0: off")
+    min_p: float | None = Field(None, ge=0, le=1, description="vLLM's: keep tokens at least min_p times as "
+                                "likely as the most likely one; 0: off")
+    repetition_penalty: float | None = Field(None, gt=0, description="vLLM's: seen ids' logits divided (positive) or "
+                                             "multiplied (negative) by it; 1: off")
     stop: str | list[str] | None = None
     seed: int | None = None
     n: int | None = Field(None, ge=1, description="choices per request: only 1")

@@ -28,7 +28,7 @@ import click
 @click.option("--max-tokens", type=click.IntRange(min=1), metavar="N",
               help="the most new tokens a request may ask for (and its default) [default: the model's limit]")
 @click.option("--max-slots", type=click.IntRange(min=1), metavar="N",
-              help="requests a torch model decodes at once (continuous batching) [default: 32]")
+              help="requests a torch, hf or jax model decodes at once (continuous batching) [default: 32]")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]),
               help="uvicorn's log level [default: info]")
 def serve(config: str | None, backend: str | None, model: str | None, options: tuple[str, ...],

@@ -6,6 +6,12 @@ row, as `generate` does; several of similar lengths left-padded into one forward
 `generate_batch` does, then moved to columns 0..length-1 of their rows), then decodes every
 active row at once, each at its own length.
 
+A step picks each row's next token and returns the text at once; the forward pass that feeds
+those tokens back runs at the start of the next step (or in `add`, before a row joins). So the
+caller hands a step's text on (rung serve: to the event loop, which sends it) while the model
+computes the next logits; the forward pass releases the GIL, and the text is one forward pass
+earlier than if the step fed the tokens before returning. The same tokens either way.
+
 The batch is kept compact: active requests hold rows 0..n-1, so a step reads `cache[:n]` as a
 view (no gather); when a request leaves, the last row's cache moves into its place. A slot id
 (what callers hold) is a stable handle, the row behind it may change.
@@ -18,8 +24,10 @@ see alone, in the same order, and both forward passes of `rung_torch.generate` (
 `FastForward` and the module path for wrapped layers) work unchanged. When every row has the
 same length (one client), the step is `generate`'s own, unmasked.
 
-Sampling is `generate.choose` (each row's own seeded generator, drawn once per step as alone)
-and text is `rung.decoding.RowDecoder` (stop strings, stop ids, max_tokens), incremental.
+Sampling is `picking.choose` (each row's own seeded generator, drawn once per step as alone;
+min-p; a repetition penalty over the ids each row has seen, kept per row like its logits) after
+`picking.constrain` (each row's guide: structured output, token healing), and text is
+`rung.decoding.RowDecoder` (stop strings, stop ids, max_tokens), incremental.
 """
 
 from __future__ import annotations
@@ -34,7 +42,8 @@ import torch
 from rung.decoding import RowDecoder, Sampling
 from rung.errors import RungError
 from rung.records import Delta, GenerationRequest, Usage
-from rung_torch.generate import FastForward, choose, computing, forward_for
+from rung_torch.generate import FastForward, computing, forward_for
+from rung_torch.picking import choose, constrain, seen_prompt
 from rung_torch.model import KVCache
 from rung_torch.modeling import eval_mode
 
@@ -51,6 +60,7 @@ class _Request:
     length: int  # cache columns filled: the prompt and every token fed back
     prompt: list[int] | None  # the prompt ids until the prefill has written them
     token: int = -1  # the token chosen this step, fed at the next forward
+    guide: Any = None  # the Sampling's constraint's guide (structured output, token healing)
 
 
 class TorchDecodeSlots:
@@ -72,12 +82,14 @@ class TorchDecodeSlots:
         self.dtype = DTYPES[backend.decode_precision]
         self.cache: KVCache | None = None
         self.logits: torch.Tensor | None = None  # (max_slots, vocab): each row's next-token logits
+        self.seen: torch.Tensor | None = None  # (max_slots, vocab) bool: ids each row has seen (repetition penalty)
         self._rows: list[_Request] = []  # compact: self._rows[i].row == i
         self._by_slot: dict[int, _Request] = {}
         self._free_slots = list(range(max_slots - 1, -1, -1))  # popped from the end: 0 first
         # Resolved when a batch starts from empty, kept while it runs (as `generate` resolves
         # them once per call): the model, its forward pass, its parameter count.
         self._batch: _Batch | None = None
+        self._unfed = False  # the last step's picks are not yet fed to the model (see the module docstring)
 
     @property
     def free(self) -> int:
@@ -101,6 +113,7 @@ class TorchDecodeSlots:
         prompt, sampling = self.backend._prepare(request)  # the backend's checks: context, sampling
         if not prompt:
             raise RungError("the prompt encodes to no tokens: give some text to continue")
+        self._feed()  # the running rows' last picks first: rows that joined come after them
         if not self._rows or self._batch is None:
             self._batch = _Batch(self.backend, self.dtype)
         batch = self._batch
@@ -112,7 +125,8 @@ class TorchDecodeSlots:
             generator.manual_seed(sampling.seed) if sampling.seed is not None else generator.seed()
         slot = self._free_slots.pop()
         decoder = RowDecoder(self.backend._tokenizer(), sampling, len(prompt), incremental=True)
-        entry = _Request(slot, len(self._rows), decoder, sampling, generator, len(prompt), prompt)
+        guide = sampling.constraint.guide(sampling.stop_ids, sampling.max_tokens) if sampling.constraint else None
+        entry = _Request(slot, len(self._rows), decoder, sampling, generator, len(prompt), prompt, guide=guide)
         self._rows.append(entry)
         self._by_slot[slot] = entry
         return slot
@@ -124,17 +138,28 @@ class TorchDecodeSlots:
             return []
         batch = self._batch
         arrived = [entry for entry in self._rows if entry.prompt is not None]
-        if arrived:
+        if arrived:  # (`add` fed the running rows first: none is unfed now)
             self._prefill(arrived)
         n = len(self._rows)
+        rows = [r.sampling for r in self._rows]
+        seen = self.seen[:n] if self.seen is not None and any(r.penalizes for r in rows) else None
+        # One compute block: the last step's picks fed to the model, then this step's picked.
         with batch.computing(self.device, n):
-            chosen = choose(self.logits[:n], [r.sampling for r in self._rows],
-                            [r.generator for r in self._rows]).tolist()
+            if self._unfed:
+                self._forward(batch.forward)
+            logits = self.logits[:n]
+            if any(r.guide is not None for r in self._rows):
+                logits = constrain(logits, [r.guide for r in self._rows], [False] * n)
+            chosen = choose(logits, rows, [r.generator for r in self._rows], seen=seen).tolist()
         out: list[tuple[int, Delta]] = []
         finished: list[_Request] = []
         for entry, token in zip(self._rows, chosen):
             decoder = entry.decoder
             text = decoder.push(token)
+            if entry.guide is not None and not decoder.done:
+                entry.guide.advance(token)
+                if entry.guide.finished:  # complete JSON and no stop id to end it
+                    text += decoder.finish("stop")
             if not decoder.done and entry.length + 1 >= batch.context:
                 text += decoder.finish("length")  # prompt + answer fill the context
             if decoder.done:
@@ -147,10 +172,14 @@ class TorchDecodeSlots:
                     out.append((entry.slot, Delta(text, model=self.backend.name)))
         for entry in finished:
             self._remove(entry)
-        if self._rows:
-            with batch.computing(self.device, len(self._rows)):
-                self._forward(batch.forward)
+        self._unfed = bool(self._rows)  # fed at the next step (or `add`), while the caller hands `out` on
         return out
+
+    def _feed(self) -> None:
+        """Feed the last step's picks to the model now (before a row joins)."""
+        if self._unfed:
+            with self._batch.computing(self.device, len(self._rows)):
+                self._forward(self._batch.forward)
 
     def _prefill(self, arrived: list[_Request]) -> None:
         """Write the prompts of requests that joined since the last step into their rows, and
@@ -178,8 +207,12 @@ class TorchDecodeSlots:
                             cache[:, entry.row, :, :length] = written[:, i, :, longest - length:]
             if self.logits is None:
                 self.logits = torch.empty((self.max_slots, logits.shape[-1]), dtype=logits.dtype, device=self.device)
+            if self.seen is None and any(e.sampling.penalizes for e in group):
+                self.seen = torch.zeros(self.logits.shape, dtype=torch.bool, device=self.device)
             for i, entry in enumerate(group):
                 self.logits[entry.row] = logits[i]
+                if self.seen is not None:
+                    seen_prompt(self.seen[entry.row], entry.prompt)
                 entry.prompt = None
 
     def _forward(self, forward: Any) -> None:
@@ -203,6 +236,7 @@ class TorchDecodeSlots:
                 cache[:, short, :, own] = cache[:, short, :, scratch]
         for entry in self._rows:
             entry.length += 1
+        self._unfed = False
 
     # -- leaving
 
@@ -218,11 +252,15 @@ class TorchDecodeSlots:
             for cache in (self.cache.k, self.cache.v):
                 cache[:, row, :, :length] = cache[:, last.row, :, :length]
             self.logits[row] = self.logits[last.row]
+            if self.seen is not None:
+                self.seen[row] = self.seen[last.row]
             self._rows[row] = last
             last.row = row
         self._rows.pop()
         del self._by_slot[entry.slot]
         self._free_slots.append(entry.slot)
+        if not self._rows:
+            self._unfed = False
 
 
 class _Batch:

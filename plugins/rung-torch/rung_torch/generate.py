@@ -24,114 +24,22 @@ A step of unconstrained rows does no extra work.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 
 from rung.decoding import RowDecoder, Sampling, context_error  # noqa: F401  (re-exported)
 from rung.decoding.logprobs import LogprobRecords, top_count
-from rung.decoding.structured import TokenGuide, start_guides
+from rung.decoding.structured import start_guides
 from rung.errors import RungError
 from rung.records import TokenLogprob
 from rung_torch.model import KVCache
-
-
-def choose(logits: torch.Tensor, rows: Sequence[Sampling],
-           generators: Sequence[torch.Generator | None], uniforms: torch.Tensor | None = None) -> torch.Tensor:
-    """The next token of each row from its last logits (batch, vocab).
-
-    Rows that sample alike are filtered together (temperature, top-k, top-p as one batch of
-    ops: online RL samples many rows at once). Each row then draws one uniform number from its
-    own generator and takes the token where it falls in the row's cumulative distribution, so a
-    row picks what it would pick alone (and `torch.multinomial`'s per-row cost, an exponential
-    draw for every token of the vocabulary, is not paid once per row).
-
-    `uniforms` (batch,): each row's number drawn already (a caller that drew many steps' worth
-    at once); the generators are then not used.
-    """
-    chosen = logits.argmax(dim=-1)
-    groups: dict[tuple, list[int]] = {}
-    for i, sampling in enumerate(rows):
-        if not sampling.greedy:
-            groups.setdefault((sampling.temperature, sampling.top_k, sampling.top_p), []).append(i)
-    for (temperature, top_k, top_p), members in groups.items():
-        scores = (logits[members] if len(members) < len(rows) else logits).float()
-        if temperature != 1.0:  # x / 1 is x: no copy of the logits for the most common temperature
-            scores = scores / temperature
-        if top_k is not None and top_k < scores.shape[-1]:
-            kth = torch.topk(scores, top_k, dim=-1).values[:, -1:]
-            scores = scores.masked_fill(scores < kth, float("-inf"))
-        if top_p is not None and top_p < 1.0:
-            sorted_scores, order = torch.sort(scores, dim=-1, descending=True)
-            sorted_probs = sorted_scores.softmax(-1)
-            # Keep the smallest set whose probability reaches top_p (the first token always).
-            drop = sorted_probs.cumsum(-1) - sorted_probs >= top_p
-            scores = scores.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-        cumulative = scores.softmax(-1).cumsum(-1)
-        everyone = len(members) == len(rows)
-        if uniforms is not None:
-            uniform = uniforms if everyone else uniforms[torch.tensor(members, device=uniforms.device)]
-            uniform = uniform.to(cumulative.device)
-        else:
-            uniform = torch.cat([torch.rand(1, generator=generators[i], device=generators[i].device)
-                                 for i in members]).to(cumulative.device)
-        # u in [0, total): the first token whose cumulative probability exceeds it (never one of
-        # probability 0: the sum does not grow there).
-        picked = torch.searchsorted(cumulative, (uniform * cumulative[:, -1])[:, None], right=True)[:, 0]
-        picked = picked.clamp_(max=scores.shape[-1] - 1)
-        if everyone:
-            return picked
-        chosen[torch.tensor(members, device=chosen.device)] = picked
-    return chosen
-
-
-def constrain(logits: torch.Tensor, guides: Sequence[TokenGuide | None], done: Sequence[bool]) -> torch.Tensor:
-    """`logits` (batch, vocab) with every id a row's guide does not allow at -inf (a copy; the
-    same tensor when no row is constrained now). Each (state, budget) has its ids tensor cached
-    on the constraint, so a step costs a lookup and one index per constrained row."""
-    masked = None
-    for i, guide in enumerate(guides):
-        if guide is None or done[i] or guide.failed:
-            continue
-        key, ids = guide.allowed()
-        if not ids:
-            continue
-        index = guide.constraint.cache.get((key, logits.device))
-        if index is None:
-            index = guide.constraint.cache[(key, logits.device)] = torch.tensor(ids, dtype=torch.long,
-                                                                                device=logits.device)
-        if masked is None:
-            masked = logits.clone()
-        row = torch.full_like(masked[i], float("-inf"))
-        row[index] = logits[i, index]
-        masked[i] = row
-    return logits if masked is None else masked
-
-
-class ConstrainedLogits:
-    """A transformers logits processor applying each row's guide (`constrain`): it advances
-    the guides by the tokens `generate` chose since its last call. A row past a stop id is
-    left alone (transformers pads it)."""
-
-    def __init__(self, guides: Sequence[TokenGuide | None], width: int) -> None:
-        self.guides, self.width = list(guides), width
-        self.seen = 0
-        self.ended = [False] * len(self.guides)
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        new = input_ids[:, self.width + self.seen:].tolist()
-        self.seen += len(new[0]) if new else 0
-        for i, tokens in enumerate(new):
-            guide = self.guides[i]
-            for token in tokens:
-                if guide is None or self.ended[i]:
-                    break
-                self.ended[i] = token in guide.stop_ids
-                guide.advance(token)
-        return constrain(scores, self.guides, self.ended)
+from rung_torch.packed_weights import pack
+from rung_torch.picking import choose, constrain, seen_tokens
 
 
 @dataclass
@@ -149,37 +57,49 @@ class FastForward:
 
     Holds the weights in the decoding dtype with the projections that read the same input
     fused (q, k and v in one matrix; gate and up in another), so a decoding step of an L-layer
-    model is 4L + 1 matrix products and no module calls. The copies are rebuilt whenever a
-    parameter changes (training updates them in place: `_version` counts that).
+    model is 4L + 1 matrix products and no module calls. Each RMSNorm's weight, and its
+    sqrt(dim), is folded into the rows of the matrix that reads its output, so a norm is
+    `unit_norm`: x / sqrt(sum(x^2) + dim * eps), four cheap ops (torch's own rms_norm makes
+    copies of its input on the CPU, and cost a third of a tiny model's step). The copies are
+    rebuilt whenever a parameter changes (training updates them in place: `_version` counts that).
     """
 
     def __init__(self, model: Any, dtype: torch.dtype) -> None:
         c = model.config
         self.config, self.dtype = c, dtype
         self.key = _weights_key(model, dtype)
+        self.n_params = sum(p.numel() for p in model.parameters())  # for `computing`'s thread rule
         self.n_heads, self.n_kv, self.head_dim = c.n_heads, c.kv_heads, c.head_dim
         self.group = c.n_heads // c.kv_heads
-        self.eps = c.norm_eps
+        self.dim_eps = c.dim * c.norm_eps  # unit_norm's: sum(x^2) + dim * eps = dim * (mean(x^2) + eps)
         self.q_size, self.kv_size = c.n_heads * c.head_dim, c.kv_heads * c.head_dim
         with torch.no_grad():
             cast = lambda t: t.detach().to(dtype)  # noqa: E731
             # Matrices are stored (in, out), contiguous: `x @ w` then reads the weights in the
             # order it uses them, about twice as fast as F.linear for one row on a CPU.
-            t = lambda *ws: torch.cat([w.detach() for w in ws]).to(dtype).t().contiguous()  # noqa: E731
+            # `norm`: the weight of the RMSNorm before the matrix, folded into its rows (in fp32)
+            # with the norm's sqrt(dim) (`unit_norm` leaves it out).
+            def t(*ws, norm=None):
+                w = torch.cat([w.detach() for w in ws]).float().t()
+                if norm is not None:
+                    w = w * (norm.detach().float()[:, None] * math.sqrt(c.dim))
+                return w.to(dtype).contiguous()
+
             self.embed = cast(model.model.embed_tokens.weight)
-            self.head = t(model.lm_head.weight)
-            self.norm = cast(model.model.norm.weight)
-            self.layers = []
+            matrices = []
             for layer in model.model.layers:
                 a, m = layer.self_attn, layer.mlp
-                self.layers.append((
-                    cast(layer.input_layernorm.weight),
-                    t(a.q_proj.weight, a.k_proj.weight, a.v_proj.weight),
+                matrices += [
+                    t(a.q_proj.weight, a.k_proj.weight, a.v_proj.weight, norm=layer.input_layernorm.weight),
                     t(a.o_proj.weight),
-                    cast(layer.post_attention_layernorm.weight),
-                    t(m.gate_proj.weight, m.up_proj.weight),
+                    t(m.gate_proj.weight, m.up_proj.weight, norm=layer.post_attention_layernorm.weight),
                     t(m.down_proj.weight),
-                ))
+                ]
+            matrices.append(t(model.lm_head.weight, norm=model.model.norm.weight))
+            # In the order a step reads them, in one buffer on huge pages (`packed_weights`).
+            matrices = pack(matrices)
+            self.head = matrices.pop()
+            self.layers = [tuple(matrices[i:i + 4]) for i in range(0, len(matrices), 4)]
             # cos, and sin with the sign of "rotate half" folded in: x*cos + roll(x)*sin_signed.
             half = c.head_dim // 2
             self.cos = model.rope_cos.to(dtype)
@@ -213,9 +133,8 @@ class FastForward:
         x = F.embedding(tokens, self.embed)
         causal = mask is None and T > 1
         last = len(self.layers) - 1
-        for i, (w_in, w_qkv, w_o, w_post, w_gu, w_down) in enumerate(self.layers):
-            h = F.rms_norm(x, (x.shape[-1],), w_in, self.eps)
-            qkv = h @ w_qkv
+        for i, (w_qkv, w_o, w_gu, w_down) in enumerate(self.layers):
+            qkv = unit_norm(x, self.dim_eps) @ w_qkv
             qk = qkv[..., :self.q_size + self.kv_size].view(B, T, nh + nkv, hd)
             qk = torch.addcmul(qk * cos, qk.roll(hd // 2, dims=-1), sin)
             k_cache, v_cache = cache.k[i], cache.v[i]
@@ -231,45 +150,101 @@ class FastForward:
                 if group > 1:
                     k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
-                if i == last and not every_position:  # past the last attention only the last position matters
-                    y, x = y[:, :, -1:], x[:, -1:]
-                y = y.transpose(1, 2).reshape(B, y.shape[2], nh * hd)
-            x = x + y @ w_o
-            h = F.rms_norm(x, (x.shape[-1],), w_post, self.eps)
-            gate, up = (h @ w_gu).chunk(2, dim=-1)
-            x = x + (F.silu(gate) * up) @ w_down
+                y = y.transpose(1, 2).reshape(B, T, nh * hd)
+                if i == last:
+                    # Past the last attention only the last position feeds the next token: it is
+                    # computed alone (one-row matrix products round unlike the rows of a taller
+                    # one), the same whether or not the prompt is scored too.
+                    following = unit_norm(self._tail(x[:, -1], y[:, -1], w_o, w_gu, w_down), self.dim_eps) @ self.head
+                    if not every_position:
+                        return following
+                    logits = unit_norm(self._tail(x, y, w_o, w_gu, w_down), self.dim_eps) @ self.head
+                    logits[:, -1] = following
+                    return logits
+            x = self._tail(x, y, w_o, w_gu, w_down)
         if every_position:
-            return F.rms_norm(x, (x.shape[-1],), self.norm, self.eps) @ self.head
-        return F.rms_norm(x[:, -1], (x.shape[-1],), self.norm, self.eps) @ self.head
+            return unit_norm(x, self.dim_eps) @ self.head
+        return unit_norm(x[:, -1], self.dim_eps) @ self.head
+
+    def _tail(self, x: torch.Tensor, y: torch.Tensor, w_o: torch.Tensor, w_gu: torch.Tensor,
+              w_down: torch.Tensor) -> torch.Tensor:
+        """A layer after its attention: the residual stream `x` plus the attention's output `y`
+        projected, then plus the MLP of that."""
+        x = x + y @ w_o
+        gate, up = (unit_norm(x, self.dim_eps) @ w_gu).chunk(2, dim=-1)
+        return x + (F.silu(gate) * up) @ w_down
 
     def step(self, tokens: torch.Tensor, cache: KVCache, pos: int,
              positions: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """One decoding step: logits (B, vocab) after `tokens` (B,), written at cache slot `pos`.
-
-        The same computation as `__call__` with one token per row, on 2-D (B, dim) activations
-        so each residual add folds into its matrix product (`addmm`).
-        """
-        B = tokens.shape[0]
-        nh, nkv, hd, group = self.n_heads, self.n_kv, self.head_dim, self.group
-        qk_size, dim = self.q_size + self.kv_size, self.embed.shape[1]
+        """One decoding step: logits (B, vocab) after `tokens` (B,), written at cache slot `pos`
+        (`decode_step`, TorchScript-compiled when this torch can: see `compiled_decode_step`)."""
         if positions is None:
             cos, sin = self.cos[pos], self.sin[pos]  # (hd,)
         else:
             cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)  # (B, 1, hd)
-        x = F.embedding(tokens, self.embed)
-        for i, (w_in, w_qkv, w_o, w_post, w_gu, w_down) in enumerate(self.layers):
-            qkv = F.rms_norm(x, (dim,), w_in, self.eps) @ w_qkv
-            qk = qkv[:, :qk_size].view(B, nh + nkv, hd)
-            qk = torch.addcmul(qk * cos, qk.roll(hd // 2, dims=-1), sin)
-            k_cache, v_cache = cache.k[i], cache.v[i]
-            k_cache[:, :, pos] = qk[:, nh:]
-            v_cache[:, :, pos] = qkv[:, qk_size:].view(B, nkv, hd)
-            q = qk[:, :nh].view(B, nkv, group, hd)
-            y = F.scaled_dot_product_attention(q, k_cache[:, :, :pos + 1], v_cache[:, :, :pos + 1], attn_mask=mask)
-            x = torch.addmm(x, y.view(B, nh * hd), w_o)
-            gate, up = (F.rms_norm(x, (dim,), w_post, self.eps) @ w_gu).chunk(2, dim=-1)
-            x = torch.addmm(x, F.silu(gate).mul_(up), w_down)
-        return F.rms_norm(x, (dim,), self.norm, self.eps) @ self.head
+        return compiled_decode_step()(tokens, self.embed, self.layers, self.head, cache.k, cache.v, cos, sin, pos,
+                                      self.n_heads, self.n_kv, self.head_dim, self.dim_eps, mask)
+
+
+def unit_norm(x: torch.Tensor, dim_eps: float) -> torch.Tensor:
+    """RMSNorm without its weight and its sqrt(dim) (`FastForward` folds both into the next
+    matrix): x / sqrt(sum(x^2) + dim * eps) over the last axis, in x's dtype."""
+    return x * torch.rsqrt(x.square().sum(-1, keepdim=True).add_(dim_eps))
+
+
+def decode_step(tokens: torch.Tensor, embed: torch.Tensor, layers: list[tuple[torch.Tensor, torch.Tensor,
+                torch.Tensor, torch.Tensor]], head: torch.Tensor, k_all: torch.Tensor, v_all: torch.Tensor,
+                cos: torch.Tensor, sin: torch.Tensor, pos: int, n_heads: int, n_kv: int, head_dim: int,
+                dim_eps: float, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """`FastForward.__call__`'s computation for one token per row, on 2-D (B, dim) activations
+    so each residual add folds into its matrix product (`addmm`): logits (B, vocab).
+
+    `layers`: FastForward's (qkv, o, gate+up, down) matrices, (in, out), norm weights folded in;
+    `k_all`/`v_all`: the cache (layers, B, kv_heads, length, head_dim), written at slot `pos`;
+    `cos`/`sin`: the rotary rows of this step's positions ((hd,) or (B, 1, hd)); `dim_eps`: the
+    norms' dim * eps (`unit_norm`); `mask` (B, 1, 1, pos + 1) bool or None. Written in the subset
+    of Python TorchScript compiles.
+    """
+    B = tokens.shape[0]
+    group = n_heads // n_kv
+    q_size = n_heads * head_dim
+    qk_size = q_size + n_kv * head_dim
+    end = pos + 1
+    x = F.embedding(tokens, embed)
+    for i, (w_qkv, w_o, w_gu, w_down) in enumerate(layers):
+        qkv = torch.mm(unit_norm(x, dim_eps), w_qkv)
+        qk = qkv[:, :qk_size].view(B, n_heads + n_kv, head_dim)
+        qk = torch.addcmul(qk * cos, qk.roll(head_dim // 2, -1), sin)
+        k_cache, v_cache = k_all[i], v_all[i]
+        k_cache.select(2, pos).copy_(qk[:, n_heads:])
+        v_cache.select(2, pos).copy_(qkv[:, qk_size:].view(B, n_kv, head_dim))
+        # The query heads that share a key/value head folded into the query axis: no copy of k or v.
+        q = qk[:, :n_heads].view(B, n_kv, group, head_dim)
+        y = F.scaled_dot_product_attention(q, k_cache.narrow(2, 0, end), v_cache.narrow(2, 0, end), attn_mask=mask)
+        x = torch.addmm(x, y.view(B, q_size), w_o)
+        gate_up = torch.mm(unit_norm(x, dim_eps), w_gu)
+        half = gate_up.shape[1] // 2
+        x = torch.addmm(x, F.silu(gate_up[:, :half]).mul_(gate_up[:, half:]), w_down)
+    return torch.mm(unit_norm(x, dim_eps), head)
+
+
+_COMPILED_STEP: list = []
+
+
+def compiled_decode_step():
+    """`decode_step` compiled by TorchScript once per process (~20 ms), which runs its ~16 ops a
+    layer without Python between them: a step of a small model is mostly that per-op cost. The
+    same ops either way; plain `decode_step` where this torch cannot script it."""
+    if not _COMPILED_STEP:
+        import warnings
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # TorchScript's deprecation notice
+                _COMPILED_STEP.append(torch.jit.script(decode_step))
+        except Exception:  # noqa: BLE001  (no TorchScript in this torch: the same function, eager)
+            _COMPILED_STEP.append(decode_step)
+    return _COMPILED_STEP[0]
 
 
 class ModuleForward:
@@ -278,6 +253,7 @@ class ModuleForward:
 
     def __init__(self, model: Any, dtype: torch.dtype) -> None:
         self.model = model
+        self.n_params = sum(p.numel() for p in model.parameters())
         param = next(model.parameters())
         self.autocast = (
             torch.autocast(param.device.type, dtype=dtype) if dtype != param.dtype else contextlib.nullcontext()
@@ -306,7 +282,16 @@ def forward_for(model: Any, dtype: torch.dtype):
 
 
 def _weights_key(model: Any, dtype: torch.dtype) -> tuple:
-    return (dtype,) + tuple((p.data_ptr(), p._version) for p in model.parameters())
+    """What FastForward's copies were made from: each weight it reads (looked up afresh, so a
+    replaced parameter counts) and its in-place version. Cheaper than walking every module's
+    parameters, which cost more than a tiny model's decoding step at every request."""
+    weights = [model.model.embed_tokens.weight, model.lm_head.weight, model.model.norm.weight]
+    for layer in model.model.layers:
+        a, m = layer.self_attn, layer.mlp
+        weights += [layer.input_layernorm.weight, a.q_proj.weight, a.k_proj.weight, a.v_proj.weight,
+                    a.o_proj.weight, layer.post_attention_layernorm.weight, m.gate_proj.weight,
+                    m.up_proj.weight, m.down_proj.weight]
+    return (dtype,) + tuple((w.data_ptr(), w._version) for w in weights)
 
 
 # Below this many multiply-adds a CPU step runs on one thread: a decoding step of a small model
@@ -323,7 +308,9 @@ def computing(device: torch.device, work: int) -> Iterator[None]:
     (an evaluator that samples mid-training runs inside the engine's training autocast).
     """
     threads = torch.get_num_threads()
-    own_precision = torch.autocast(device.type, enabled=False)
+    # (an autocast context costs more than a tiny model's argmax: made only when one is on)
+    own_precision = (torch.autocast(device.type, enabled=False) if torch.is_autocast_enabled(device.type)
+                     else contextlib.nullcontext())
     if device.type != "cpu" or threads == 1 or work > SINGLE_THREAD_WORK:
         with torch.inference_mode(), own_precision:
             yield
@@ -343,10 +330,14 @@ def generate_tokens(
     decoders: Sequence[RowDecoder],
     device: torch.device,
     dtype: torch.dtype = torch.float32,
+    consumer_computes: bool = True,
 ) -> Iterator[Event]:
     """Decode every prompt to the end; yield each row's text as it becomes showable.
 
     The weights and the cache are in `dtype` (float32 on the CPU: see `resolve_precision`).
+    `consumer_computes=False` promises that whoever iterates does no torch work of its own
+    between events (a call that collects the whole reply): the compute context then stays on
+    through the loop instead of being entered and left at every step.
     """
     config = model.config
     context = config.max_seq_len
@@ -382,54 +373,69 @@ def generate_tokens(
         mask = model._mask(valid[:, :T], T, 0)
     # Compute runs under inference mode and, when small, on one CPU thread; neither is left on
     # while the caller has the text (a stream's consumer runs between our steps).
-    n_params = sum(p.numel() for p in model.parameters())
+    forward = forward_for(model, dtype)
+    n_params = forward.n_params
     top = top_count(rows)  # None: no row asks for log-probabilities (no extra work at all)
     records = LogprobRecords(decoders[0].tokenizer) if top is not None else None
     echo = any(r.scores_prompt for r in rows)
     guides = start_guides(rows)  # None: no row is constrained (no extra work)
+    seen = seen_tokens(prompts, rows, config.vocab_size, device)  # None: no repetition penalty
+
+    def pick(logits: torch.Tensor) -> tuple[torch.Tensor, list[int], list[TokenLogprob | None] | None]:
+        """Every row's next token (as a tensor and as ints) from `logits` (B, vocab), and the
+        log-probability record of each row that asks for one."""
+        if guides is not None:
+            logits_seen = constrain(logits, guides, [d.done for d in decoders])
+        else:
+            logits_seen = logits
+        next_tokens = choose(logits_seen, rows, generators, seen=seen)
+        tokens = next_tokens.tolist()
+        entries = _step_logprobs(logits, next_tokens, tokens, rows, decoders, top, records) if top is not None \
+            else None
+        return next_tokens, tokens, entries
+
+    # Each step is one compute block: the forward pass and the pick of the next tokens.
     with computing(device, n_params * B * T):
-        forward = forward_for(model, dtype)
         cache = KVCache.allocate(config, B, total, device, dtype)
         logits = forward(ids, cache, 0, None if positions is None else positions[:, :T], mask, every_position=echo)
         if echo:
             _score_prompts(logits, ids, pads, rows, decoders, records)
             logits = logits[:, -1]
+        if not all(d.done for d in decoders):
+            next_tokens, tokens, entries = pick(logits)
     for i, decoder in enumerate(decoders):
         if decoder.done:  # max_tokens 0 (echo): the prompt was all there was to do
             yield Event(i, "", decoder.finish_reason, decoder.take_logprobs())
     if all(d.done for d in decoders):
         return
     pos = T
-    while True:
-        with computing(device, n_params * B):
-            if guides is None:
-                next_tokens = choose(logits, rows, generators)
-            else:
-                next_tokens = choose(constrain(logits, guides, [d.done for d in decoders]), rows, generators)
-            tokens = next_tokens.tolist()
-            entries = _step_logprobs(logits, next_tokens, tokens, rows, decoders, top, records) if top is not None \
-                else None
-        for i, token in enumerate(tokens):
-            decoder = decoders[i]
-            if decoder.done:
-                continue
-            text = decoder.push(token, entries[i] if entries is not None else None)
-            if guides is not None and guides[i] is not None and not decoder.done:
-                guides[i].advance(token)
-                if guides[i].finished:  # complete JSON and no stop id to end it
-                    text += decoder.finish("stop")
-            if not decoder.done and (pos + 1 - pads[i] >= context or pos + 1 >= total):
-                text += decoder.finish("length")  # prompt + answer fill the context
-            if text or decoder.done:
-                yield Event(i, text, decoder.finish_reason, decoder.take_logprobs())
-        if all(d.done for d in decoders):
-            return
-        step_positions = None
-        if padded:
-            step_positions, mask = positions[:, pos], valid[:, None, None, :pos + 1]
-        with computing(device, n_params * B):
-            logits = forward.step(next_tokens, cache, pos, step_positions, mask)
-        pos += 1
+    step_work = n_params * B
+    held = contextlib.nullcontext() if consumer_computes else computing(device, step_work)
+    step_context = (lambda: computing(device, step_work)) if consumer_computes else contextlib.nullcontext
+    with held:
+        while True:
+            for i, token in enumerate(tokens):
+                decoder = decoders[i]
+                if decoder.done:
+                    continue
+                text = decoder.push(token, entries[i] if entries is not None else None)
+                if guides is not None and guides[i] is not None and not decoder.done:
+                    guides[i].advance(token)
+                    if guides[i].finished:  # complete JSON and no stop id to end it
+                        text += decoder.finish("stop")
+                if not decoder.done and (pos + 1 - pads[i] >= context or pos + 1 >= total):
+                    text += decoder.finish("length")  # prompt + answer fill the context
+                if text or decoder.done:
+                    yield Event(i, text, decoder.finish_reason, decoder.take_logprobs())
+            if all(d.done for d in decoders):
+                return
+            step_positions = None
+            if padded:
+                step_positions, mask = positions[:, pos], valid[:, None, None, :pos + 1]
+            with step_context():
+                logits = forward.step(next_tokens, cache, pos, step_positions, mask)
+                next_tokens, tokens, entries = pick(logits)
+            pos += 1
 
 
 def _step_logprobs(logits: torch.Tensor, chosen: torch.Tensor, tokens: list[int], rows: Sequence[Sampling],
