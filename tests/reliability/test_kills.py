@@ -39,6 +39,7 @@ RUNG = str(Path(sys.executable).with_name("rung"))
 POINTS = random.Random(int(os.environ.get("RUNG_KILL_SEED", "16")))
 STEPS, SAVE_EVERY = 12, 4
 GONE_WITHIN_S = 30  # how long the processes a killed run started may take to go (they must go)
+HUNG_AFTER_S = 600  # a run not ended this long after its signal hangs: fail, do not stall the suite
 TEMPORARY = (".tmp-*", "*.partial", "*.tmp", ".rung-lock")
 
 
@@ -101,20 +102,27 @@ def rung(args: list[str], log: Path) -> subprocess.Popen:
 
 def interrupt(args: list[str], log: Path, at: Callable[[], bool], how: str) -> dict[int, str]:
     """Run `rung ARGS` until `at()` holds, then kill -9 it or press Ctrl-C; check it ended so and
-    left no process behind. Returns the processes it had started."""
+    left no process behind. Returns the processes it had started (every one seen while it ran:
+    a pool between two stages may have none at the very moment of the kill)."""
     proc = rung(args, log)
+    started: dict[int, str] = {}
     try:
         while not at():
             if proc.poll() is not None:
                 raise AssertionError(f"the run ended (exit {proc.returncode}) before the point:\n{tail(log)}")
+            started.update(descendants(proc.pid))
             time.sleep(0.02)
-        started = descendants(proc.pid)
+        started.update(descendants(proc.pid))
         if how == "kill -9":
             os.kill(proc.pid, signal.SIGKILL)
             assert proc.wait() == -signal.SIGKILL
         else:
             os.killpg(proc.pid, signal.SIGINT)
-            code = proc.wait()
+            try:
+                code = proc.wait(timeout=HUNG_AFTER_S)
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"Ctrl-C: `rung {args[0]}` still running {HUNG_AFTER_S} s later (hung):\n"
+                                     f"{tail(log)}") from None
             assert code == 130, f"Ctrl-C: exit {code}, not 130:\n{tail(log)}"
     finally:
         if proc.poll() is None:

@@ -137,3 +137,63 @@ def test_a_killed_prepare_with_fork_server_workers_leaves_no_process(tmp_path):
     started, proc = kill_when_working([sys.executable, str(script)], tmp_path)
     assert len(started) >= 3, started
     assert_nothing_left(started, proc.pid)
+
+
+SERVER_LEFT_RUNNING = """
+import contextlib, signal, sys, time
+import multiprocess
+from rung_pretrain.workers import ctrl_c_ends_workers, dying_with_parent
+
+
+def serve():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a Manager's server process does
+    time.sleep(600)
+
+
+if __name__ == "__main__":
+    with dying_with_parent("fork"), {guard}:
+        # what a Ctrl-C inside datatrove's `multiprocess.Manager()` leaves: the manager's server
+        # started (not a daemon, deaf to SIGINT) but no finalizer yet to shut it down at exit
+        server = multiprocess.Process(target=serve)
+        server.start()
+        print(server.pid, flush=True)
+        time.sleep(600)
+"""
+
+
+def run_until_ctrl_c(tmp_path: Path, guard: str, hung_after_s: float) -> tuple[int | None, int]:
+    """Start the script above in its own session, Ctrl-C its group once the server runs;
+    returns (its exit code, None if it still ran `hung_after_s` later; the server's pid)."""
+    script = tmp_path / "server_left_running.py"
+    script.write_text(SERVER_LEFT_RUNNING.format(guard=guard))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        server = int(proc.stdout.readline())
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            return proc.wait(timeout=hung_after_s), server
+        except subprocess.TimeoutExpired:
+            return None, server
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+def test_ctrl_c_ends_prepare_even_with_a_manager_left_running(tmp_path):
+    """datatrove starts its Manager before its try/finally: a Ctrl-C while it started left the
+    manager serving and the process's exit joining it forever (a CI run hung so, in
+    test_kills). `ctrl_c_ends_workers` kills the workers and exits 130 at once."""
+    code, server = run_until_ctrl_c(tmp_path, "ctrl_c_ends_workers()", hung_after_s=120)
+    assert code == 130
+    assert_nothing_left({server}, -1)
+
+
+def test_without_the_guard_such_a_manager_hangs_the_exit(tmp_path):
+    """The check above can fail: with KeyboardInterrupt left to Python, the exit waits on the server."""
+    code, server = run_until_ctrl_c(tmp_path, "contextlib.nullcontext()", hung_after_s=5)
+    assert code is None, f"exit {code}"
+    assert_nothing_left({server}, -1)

@@ -13,6 +13,13 @@ that started it in `RUNG_DIE_WITH_PARENT` and so dies with it; its workers, fork
 the hook on, die with the server. (A fork server would otherwise outlive its killed parent:
 its workers hold its "alive" pipe open, and they wait on queues they hold both ends of.)
 Where prctl is missing (macOS), a daemon thread in the child polls its parent pid instead.
+
+`ctrl_c_ends_workers()` covers Ctrl-C. A terminal's Ctrl-C reaches every process of the group,
+and a multiprocessing Pool does not survive that: a worker that dies while holding the task
+queue's read lock leaves `Pool.terminate()` waiting on that lock forever, and `rung prepare`
+hung so (seen in CI). Inside the block, SIGINT in the process that started the workers kills
+them and ends it at once with exit 130, as the CLI does for Ctrl-C elsewhere: the same state a
+kill -9 leaves, which the next `rung prepare` starts over from (it removes a partial run's files).
 """
 
 from __future__ import annotations
@@ -116,3 +123,63 @@ def dying_with_parent(start_method: str) -> Iterator[None]:
             os.environ.pop(ENV, None)
         else:
             os.environ[ENV] = saved_env
+
+
+def _descendants(root: int) -> list[int]:
+    """Every process below `root` (children first), read from /proc; [] where there is none."""
+    parents: dict[int, int] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for name in entries:
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as stat:
+                    parents[int(name)] = int(stat.read().rsplit(b")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, frontier = [], [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in found]
+        found += children
+        frontier += children
+    return found
+
+
+def _kill_workers_and_exit(signum: int, frame: object) -> None:
+    if os.getpid() != _interrupt_owner[0]:  # a worker (forked with this handler): Ctrl-C as usual
+        raise KeyboardInterrupt
+    import multiprocess
+
+    pids = set(_descendants(os.getpid())) | {p.pid for p in multiprocess.active_children() if p.pid}
+    for pid in pids:
+        with contextlib.suppress(OSError):  # gone already, or not ours: the exit goes on regardless
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.write("rung: interrupted\n")
+        sys.stderr.flush()
+    os._exit(130)
+
+
+_interrupt_owner = [0]
+
+
+@contextlib.contextmanager
+def ctrl_c_ends_workers() -> Iterator[None]:
+    """Inside this block, Ctrl-C (SIGINT) kills the worker processes and exits 130 at once
+    instead of raising KeyboardInterrupt into a Pool that may hang (see the module's note).
+    Only in the main thread (the only one that can set a signal handler); elsewhere a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved_owner = _interrupt_owner[0]
+    _interrupt_owner[0] = os.getpid()
+    saved = signal.signal(signal.SIGINT, _kill_workers_and_exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, saved)
+        _interrupt_owner[0] = saved_owner
