@@ -6,7 +6,13 @@ template: TRL gets the rendered text, so both sample after the same prompt ids),
 G completions per prompt, completion length, prompts per step, temperature 1 (no top-k/top-p),
 reward (`rung_rlhf.rewards.NumericMatch`, the `numeric_match` reward rung runs, called by TRL
 through a wrapper), beta 0 (no reference model), one optimizer step per sampled batch, token
-normalisation (TRL's default "dapo"), a constant learning rate, gradient clipping and fp32.
+normalisation (TRL's default "dapo"), a constant learning rate, gradient clipping, no
+activation checkpointing (TRL's GRPOConfig turns it on by default: a second forward pass in
+every backward that rung does not do) and one precision, --precision: fp32 (default) or bf16
+(rung's "bf16", TRL's bf16=True: autocast training). --precision defaults compares what each
+runs when told nothing: rung's "auto" (bf16 autocast training where the CPU has native bf16,
+fp32 sampling on a CPU) against TRL's own GRPOConfig defaults (bf16=True and activation
+checkpointing on).
 Both stop a completion at the eos id; a fresh model seldom samples it, so nearly every
 completion runs its full length (the tokens generated per step are printed). TRL generates
 with transformers' `generate`; rung-torch samples with rung's own model and decoder, rung-hf
@@ -92,7 +98,8 @@ def phase_rung(args, folder: Path, out: Path, backend: str) -> dict:
     per_row = args.completions_per_row or group  # rung's rows: the longest prompt and this many completions
     config = {
         "output_dir": str(out), "seed": 0,
-        "backend": {"name": backend, "model": str(folder / "model"), "device": args.device, "precision": "fp32"},
+        "backend": {"name": backend, "model": str(folder / "model"), "device": args.device,
+                    "precision": "auto" if args.precision == "defaults" else args.precision},
         "data": {"name": "prompts_jsonl", "path": str(folder / "prompts.jsonl")},
         "trainer": {"name": "grpo", "steps": args.steps, "batch_size": args.prompts_per_step,
                     "num_generations": group, "max_completion_length": length, "temperature": 1.0,
@@ -144,12 +151,16 @@ def phase_trl(args, folder: Path, out: Path) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(str(folder / "model"))
     dataset = load_dataset("json", data_files=str(folder / "trl_prompts.jsonl"), split="train")
     completions = args.prompts_per_step * args.generations
+    # Unless --precision defaults: TRL's precision set as rung's, and no activation checkpointing
+    # (GRPOConfig's default is on; rung's is off).
+    precision = {} if args.precision == "defaults" else {"bf16": args.precision == "bf16",
+                                                         "gradient_checkpointing": False}
     config = GRPOConfig(output_dir=str(out), max_steps=args.steps, per_device_train_batch_size=completions,
                         num_generations=args.generations, max_completion_length=args.completion_length,
                         temperature=1.0, top_k=0, top_p=1.0, beta=0.0, num_iterations=1, loss_type="dapo",
                         scale_rewards="group", learning_rate=LEARNING_RATE, lr_scheduler_type="constant",
                         warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, logging_steps=10**6,
-                        save_strategy="no", report_to="none", use_cpu=args.device == "cpu", bf16=False,
+                        save_strategy="no", report_to="none", use_cpu=args.device == "cpu", **precision,
                         dataloader_num_workers=0, disable_tqdm=True, seed=0, shuffle_dataset=False)
     trainer = GRPOTrainer(model=policy, reward_funcs=[numeric_match_reward], args=config, train_dataset=dataset,
                           processing_class=tokenizer, callbacks=[StepClock()])
@@ -177,6 +188,8 @@ def main() -> None:
                         "G, one row per prompt); fewer: a group spreads over several shorter rows")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "defaults"],
+                        help="both sides fp32 or bf16 autocast; defaults: rung's auto against TRL's own defaults")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads of every phase (OMP_NUM_THREADS); more than the cores this run owns "
                         "slows a busy machine's OpenMP many times over")
@@ -207,7 +220,7 @@ def main() -> None:
                        "--preset", args.preset, "--steps", str(args.steps), "--warmup", str(args.warmup),
                        "--prompts-per-step", str(args.prompts_per_step), "--generations", str(args.generations),
                        "--completion-length", str(args.completion_length), "--prompts", str(args.prompts),
-                       "--device", args.device]
+                       "--device", args.device, "--precision", args.precision]
                 if args.completions_per_row:
                     cmd += ["--completions-per-row", str(args.completions_per_row)]
                 env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
@@ -221,7 +234,7 @@ def main() -> None:
                       f"({r['steps_per_cpu_s']:.3f} per CPU s), {r['total_s']:.1f} s in all, "
                       f"peak {r['peak_mb']:,.0f} MB, {r['tokens_per_step']:,.0f} tokens generated/step", flush=True)
     print(f"\nGRPO on preset '{args.preset}', {args.prompts_per_step} prompts x {args.generations} completions of "
-          f"up to {args.completion_length} tokens per step, {args.steps} steps, fp32, {args.device}"
+          f"up to {args.completion_length} tokens per step, {args.steps} steps, {args.precision}, {args.device}"
           + (f", {args.threads} CPU thread(s)" if args.device == "cpu" else "")
           + f"; rung: {args.completions_per_row or args.generations} completions per row")
     trl = results["trl"]

@@ -220,7 +220,7 @@ FILTERS = [Sampling(max_tokens=1, temperature=0.8), Sampling(max_tokens=1, tempe
 
 @pytest.mark.parametrize("row", FILTERS, ids=["temperature", "top_k", "top_p"])
 def test_each_row_draws_from_its_filtered_distribution(row):
-    from rung_torch.generate import choose
+    from rung_torch.picking import choose
 
     logits = torch.randn(1, 12, generator=torch.Generator().manual_seed(0)) * 2
     scores = logits[0] / row.temperature

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from rung.decoding import Defaults, RowDecoder, Sampling, request_to_prompt
+from rung.decoding import RowDecoder, Sampling, defaults_of, request_to_prompt
 from rung.errors import ConfigError, RungError
 from rung.interfaces import BaseBackend, Capabilities, Tokenizer
 from rung.records import Completion, Delta, GenerationRequest, Usage
@@ -71,7 +71,9 @@ class TorchBackend(BaseBackend):
                 f"vocabulary is {model.config.vocab_size}"
             )
         self.tokenizer = tokenizer
-        self.model = model
+        # Eval mode until a trainer's loop says otherwise (it calls train()): generation then has
+        # no modes to switch and back around every request.
+        self.model = model.eval()
         if self.options.adapter:
             load_adapter_option(self, self.options.adapter)
 
@@ -139,7 +141,7 @@ class TorchBackend(BaseBackend):
         for first in range(0, len(requests), size):
             chunk = [self._prepare(r) for r in requests[first:first + size]]
             decoders = [RowDecoder(self._tokenizer(), s, len(p), incremental=False) for p, s in chunk]
-            for _ in self._run([p for p, _ in chunk], [s for _, s in chunk], decoders):
+            for _ in self._run([p for p, _ in chunk], [s for _, s in chunk], decoders, consumer_computes=False):
                 pass
             out += [Completion(d.text, d.finish_reason or "length", _usage(d), self.name, d.logprobs,
                                d.prompt_logprobs) for d in decoders]
@@ -152,17 +154,18 @@ class TorchBackend(BaseBackend):
 
         return TorchDecodeSlots(self, max_slots)
 
-    def _run(self, prompts, rows, decoders):
+    def _run(self, prompts, rows, decoders, consumer_computes: bool = True):
         from rung_torch.modeling import eval_mode, unwrap
 
         model = unwrap(self.model)
         if hasattr(model, "get_base_model"):  # peft: the rung Transformer with adapters inside
             model = model.get_base_model()
         with eval_mode(model):
-            yield from generate_tokens(model, prompts, rows, decoders, self.device, DTYPES[self.decode_precision])
+            yield from generate_tokens(model, prompts, rows, decoders, self.device, DTYPES[self.decode_precision],
+                                       consumer_computes)
 
     def _prepare(self, request: GenerationRequest) -> tuple[list[int], Sampling]:
-        defaults = Defaults(max_tokens=self.options.max_tokens, temperature=self.options.temperature)
+        defaults = defaults_of(self.options)
         return request_to_prompt(request, self._tokenizer(), defaults, context=self.config.max_seq_len)
 
     def _tokenizer(self) -> Tokenizer:

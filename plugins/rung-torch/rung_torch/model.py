@@ -4,7 +4,9 @@ Llama-style: RMSNorm before each block, rotary positions, a SwiGLU MLP, grouped-
 attention through `scaled_dot_product_attention`, no biases, tied or untied embeddings.
 Submodules are named like transformers' `LlamaForCausalLM`, so `state_dict()` has exactly
 its keys (`model.embed_tokens.weight`, `model.layers.0.self_attn.q_proj.weight`, ...,
-`lm_head.weight`) and a checkpoint loads in either.
+`lm_head.weight`) and a checkpoint loads in either. With `config.qk_norm` each attention
+also holds `q_norm` and `k_norm` (an RMSNorm over each head's queries and keys, before the
+rotary positions): transformers' `Qwen3ForCausalLM`, names and all.
 
 `forward(input_ids)` returns logits (batch, seq, vocab). Generation passes a `KVCache` and
 the position to write at; training never does. A reward model or PPO value head adds a scalar
@@ -82,12 +84,18 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(config.dim, self.n_kv * self.head_dim, bias=False)
         self.v_proj = nn.Linear(config.dim, self.n_kv * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.dim, bias=False)
+        if config.qk_norm:  # bounds the attention logits: a higher learning rate stays stable
+            self.q_norm = RMSNorm(self.head_dim, config.norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, config.norm_eps)
 
     def forward(self, x, cos, sin, mask=None, cache=None, start: int = 0):
         """`mask` (batch, 1, q, k) bool, True = may attend; None = causal (or all, for one query)."""
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)
+        k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim)
+        if "q_norm" in self._modules:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
@@ -96,7 +104,9 @@ class Attention(nn.Module):
             v_cache[:, :, start:start + T] = v
             k, v = k_cache[:, :, :start + T], v_cache[:, :, :start + T]
         group = self.n_heads // self.n_kv
-        if T == 1 and group > 1:
+        if mask is not None and not isinstance(mask, torch.Tensor):
+            y = mask.attend(q, k, v)  # block-wise (rung_torch.shared_attention)
+        elif T == 1 and group > 1:
             # One query per sequence (decoding): fold the heads that share a key/value head into
             # the query axis, so no key or value is copied.
             y = F.scaled_dot_product_attention(q.view(B, self.n_kv, group, self.head_dim), k, v, attn_mask=mask)
@@ -176,7 +186,7 @@ class Transformer(nn.Module):
         std = self.config.init_std
         residual_std = std / math.sqrt(2 * self.config.n_layers)
         for name, p in self.named_parameters():
-            if name.endswith("layernorm.weight") or name == "model.norm.weight":
+            if name.endswith(("layernorm.weight", "q_norm.weight", "k_norm.weight")) or name == "model.norm.weight":
                 p.fill_(1.0)
             elif name.endswith(("o_proj.weight", "down_proj.weight")):
                 p.normal_(0.0, residual_std, generator=generator)
@@ -228,7 +238,9 @@ class Transformer(nn.Module):
             cos, sin = self.rope_cos[start:end], self.rope_sin[start:end]
         else:
             cos, sin = self.rope_cos[position_ids].unsqueeze(1), self.rope_sin[position_ids].unsqueeze(1)
-        if attention_mask is not None and attention_mask.dim() == 4:
+        if attention_mask is not None and not isinstance(attention_mask, torch.Tensor):
+            mask = attention_mask  # attends by itself: rung_torch.shared_attention.SharedPromptAttention
+        elif attention_mask is not None and attention_mask.dim() == 4:
             # already (batch, 1, T, start + T): bool (True = may attend) or additive float
             mask = attention_mask if attention_mask.is_floating_point() else attention_mask.to(torch.bool)
         elif attention_mask is not None or (start and T > 1):

@@ -58,9 +58,17 @@ def shared_prompt_layout(segment_ids: torch.Tensor) -> tuple[torch.Tensor, torch
 
 
 def _segment_logits(model: Any, ids: torch.Tensor, segment_ids: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits of a shared-prompt batch, re-indexed so that entry t - 1 predicts token t."""
-    positions, additive, sources = shared_prompt_layout(_tensor(segment_ids, ids.device))
-    out = model(ids, attention_mask=additive, position_ids=positions)
+    """Logits of a shared-prompt batch, re-indexed so that entry t - 1 predicts token t.
+    rung's own model attends block by block (`rung_torch.shared_attention`: each completion
+    on its prompt and itself, not the whole row); others get the dense mask."""
+    seg = _tensor(segment_ids, ids.device)
+    positions, additive, sources = shared_prompt_layout(seg)
+    mask = None
+    if is_rung_model(score_owner(model)) and getattr(model, "_orig_mod", None) is None:
+        from rung_torch.shared_attention import SharedPromptAttention
+
+        mask = SharedPromptAttention.of(seg)
+    out = model(ids, attention_mask=additive if mask is None else mask, position_ids=positions)
     logits = out if isinstance(out, torch.Tensor) else out.logits
     picked = torch.gather(logits, 1, sources[:, 1:, None].expand(-1, -1, logits.shape[-1]))
     return picked, sources
@@ -70,9 +78,25 @@ def predictions(model: Any, batch: Mapping[str, Any]) -> tuple[torch.Tensor, tor
     """Logits (fp32) and the token each one predicts (-100: none), aligned [B, T', V] / [B, T']."""
     ids = _tensor(batch["input_ids"], _device(model))
     if batch.get("segment_ids") is not None:
-        logits, _ = _segment_logits(model, ids, batch["segment_ids"])
-        return _aligned(logits, ids, batch, shared=True)
+        return _shared_predictions(model, ids, batch)
     return _aligned(forward_logits(model, ids), ids, batch, shared=False)
+
+
+def _shared_predictions(model: Any, ids: torch.Tensor, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """`predictions` of a shared-prompt batch, computed over the columns up to the last one any
+    row uses (rows are as long as the most they can hold: padding past every row's end is not
+    run through the model); the rest are zero logits predicting nothing."""
+    seg = _tensor(batch["segment_ids"], ids.device)
+    labels = _tensor(batch["labels"], ids.device).long() if "labels" in batch else ids
+    T = ids.shape[1]
+    used = ((seg >= 0) | (labels != IGNORE_INDEX)).any(0).nonzero()
+    width = min(max(int(used.max()) + 1 if len(used) else 0, 2), T)
+    logits, _ = _segment_logits(model, ids[:, :width], seg[:, :width])
+    logits, targets = logits.float(), labels[:, 1:width]
+    if width < T:
+        logits = F.pad(logits, (0, 0, 0, T - width))
+        targets = F.pad(targets, (0, T - width), value=IGNORE_INDEX)
+    return logits, targets
 
 
 def _aligned(logits: torch.Tensor, ids: torch.Tensor, batch: Mapping[str, Any],

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from rung.model_config import PRESETS, LocalModelOptions
+from rung.options import SamplingDefaults
 from rung.paths import existing_path
 
 #: `model`: a preset, or a checkpoint folder that exists when the config is validated.
@@ -15,7 +16,7 @@ model_or_preset = existing_path("folder", what="a checkpoint directory", or_name
 adapter_folder = existing_path("folder", what="a PEFT adapter directory", marker="adapter_config.json")
 
 
-class TorchOptions(LocalModelOptions):
+class TorchOptions(LocalModelOptions, SamplingDefaults):
     """rung's own model in PyTorch: a preset (new weights) or a checkpoint directory.
 
     The fields of `LocalModelOptions` are shared with the jax backend, so a config switches

@@ -121,7 +121,7 @@ def plain_model(model: Any) -> nn.Module:
 def sequence_classifier_architecture(model: nn.Module) -> str:
     """transformers' sequence-classifier class for `model`'s architecture."""
     if is_rung_model(model):
-        return "LlamaForSequenceClassification"
+        return "Qwen3ForSequenceClassification" if model.config.qk_norm else "LlamaForSequenceClassification"
     from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES as names
 
     model_type = getattr(model.config, "model_type", None)
