@@ -21,10 +21,15 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 RATIO_LINES = {
     "api_overhead": r"^openai request latency .* \d+\.\d{3}x$",
     "compare_concurrency": r"^rung compare / one-by-one SDK: wall \d+\.\d{3}x",
+    "decode_vs_llamacpp": r"^rung-torch / llama\.cpp completion: (\d+\.\d\dx tokens/s|skipped \(no llama-cpp-python\))",
+    "demo_budget": r"^candidate \S+ / current: bits per byte \d+\.\d{3}x",
     "dpo_vs_trl": r"^rung-torch/trl: steps/s \d+\.\d\dx \(goal >= 1\.5x\)",
-    "eval_vs_harness": r"^rung/harness-hf: tokens/s \d+\.\d\dx \(goal >= 1\.5x\)",
+    "eval_vs_harness": r"^rung/harness-hf, both fp32: tokens/s \d+\.\d\dx \(goal >= 1\.5x\)",
+    "gpu_figures": r"^gpu_figures: training [\d,]+ tokens/s, MFU (\d+\.\d%|n/a) of the datasheet peak, \d+\.\d% of "
+                   r"the measured matmul; decode [\d,]+\.\d tokens/s, \d+\.\d% of the memory-bandwidth roofline$",
     "grpo_vs_trl": r"^rung-torch/trl: steps/s \d+\.\d\dx \(goal >= 2x\)",
     "hf_generate": r"^ratio rung / direct\s+: \d+\.\d{3}x median",
+    "hf_serve_batching": r"^ratio hf decode_slots / one at a time, \d+ clients: requests/s \d+\.\d\dx median",
     "jax_train": r"^jax / torch, each at its default precision \(auto\): \d+\.\d\dx",
     "lora_train": r"^ratio rung/plain: \d+\.\d\dx",
     "prepare_stdlib": r"^full\s.*\s\d+\.\d\d$",  # the last column: wall time / the encode baseline's
