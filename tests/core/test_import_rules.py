@@ -55,10 +55,11 @@ HEAVY = {
 # DESIGN.md's layering, bottom-up: each layer and the layers it may depend on.
 LAYERS = {
     "core": ({"rung"}, set()),
-    "providers": ({"rung-openai", "rung-anthropic", "rung-tokenizers", "rung-tensorboard", "rung-wandb"}, {"core"}),
-    "frameworks": ({"rung-torch", "rung-jax", "rung-hf"}, {"core", "providers"}),
+    "providers": ({"rung-openai", "rung-anthropic", "rung-tokenizers", "rung-tensorboard", "rung-wandb",
+                   "rung-gguf"}, {"core"}),
+    "frameworks": ({"rung-torch", "rung-jax", "rung-hf", "rung-llamacpp"}, {"core", "providers"}),
     "trainers": ({"rung-lora", "rung-pretrain", "rung-rlhf", "rung-eval"}, {"core", "providers"}),
-    "cli": ({"rung-prompt", "rung-serve", "rung-gguf", "rung-plot", "rung-compare"},
+    "cli": ({"rung-prompt", "rung-serve", "rung-plot", "rung-compare"},
             {"core", "providers", "frameworks", "trainers"}),
 }
 SIDEWAYS = {
