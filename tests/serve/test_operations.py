@@ -164,7 +164,8 @@ def test_a_request_past_the_time_limit_is_cancelled_and_frees_the_model(long_bac
     with ServerThread(create_app({NAME: long_backend}, limits=Limits(request_timeout=0.5))) as served:
         port = served.port
         # Greedy: a sampled reply may reach an end of text, and finish, before the time limit.
-        status, _, body = request(port, "POST", "/v1/completions", {"prompt": "hi", "max_tokens": MANY, "temperature": 0})
+        status, _, body = request(port, "POST", "/v1/completions", {"prompt": "hi", "max_tokens": MANY,
+                                                                   "temperature": 0})
         assert status == 504 and body["error"]["code"] == "request_timeout"
         assert "time limit of 0.5 s" in body["error"]["message"]
 
