@@ -20,15 +20,18 @@ CACHE_FOLDER = ".rung-compare-cache"  # beside the suite unless --cache-dir says
               help=f"where replies are cached (default: {CACHE_FOLDER}/ beside the suite)")
 @click.option("--concurrency", type=click.IntRange(min=1), metavar="N",
               help="requests in flight per backend, for backends whose entry sets no concurrency")
+@click.option("--exit-zero", is_flag=True, help="exit 0 even when cases fail (a comparison, not a check)")
 def compare(suite: str, json_path: str | None, html_path: str | None, no_cache: bool, cache_dir: str | None,
-            concurrency: int | None) -> None:
+            concurrency: int | None, exit_zero: bool) -> None:
     """Run the comparison SUITE: every prompt on every backend for every test case, each reply
     checked by the case's assertions; replies are cached, so a rerun asks only what changed.
+    Exits 1 when any case failed or any request did (after writing the reports), else 0.
 
     \b
     rung compare suite.yaml
     rung compare suite.yaml --html report.html --json results.json
     rung compare suite.yaml --concurrency 4 --no-cache
+    rung compare suite.yaml --exit-zero   # the table, whatever it says
     """
     from rich.console import Console
 
@@ -67,3 +70,7 @@ def compare(suite: str, json_path: str | None, html_path: str | None, no_cache: 
     if html_path:
         html_report.write(run, Path(html_path))
         note.print(f"[dim]report: {html_path}")
+    failing = sum(not r.passed for r in run.results)
+    if failing and not exit_zero:  # a suite in CI (or a script) fails like a test run would
+        note.print(f"{failing} of {len(run.results)} results failed", markup=False, highlight=False)
+        sys.exit(1)
