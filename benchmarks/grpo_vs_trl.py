@@ -108,7 +108,7 @@ def phase_rung(args, folder: Path, out: Path, backend: str) -> dict:
                     "grad_clip": 1.0,
                     "log_every": 1, "eval_size": 0, "eval_on_start": False, "resume": "never",
                     "chat_template": "plain", "max_prompt_length": prompt, "max_length": prompt + per_row * length,
-                    "shuffle": False},
+                    "shuffle": False, "skip_equal_reward_groups": not args.no_skip},
     }
     if backend == "torch":
         config["tokenizer"] = {"name": "byte"}
@@ -120,7 +120,8 @@ def phase_rung(args, folder: Path, out: Path, backend: str) -> dict:
     completions = args.prompts_per_step * group
     return {"steps_per_s": steps_per_s(ends, args.warmup), "steps_per_cpu_s": steps_per_s(cpu_ends, args.warmup),
             "total_s": total, "peak_mb": peak_mb(args.device),
-            "tokens_per_step": statistics.mean(lengths) * completions if lengths else float("nan")}
+            "tokens_per_step": statistics.mean(lengths) * completions if lengths else float("nan"),
+            "rows_trained": statistics.mean([r["rows_trained"] for r in rows if "rows_trained" in r] or [1.0])}
 
 
 def phase_trl(args, folder: Path, out: Path) -> dict:
@@ -190,6 +191,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "defaults"],
                         help="both sides fp32 or bf16 autocast; defaults: rung's auto against TRL's own defaults")
+    parser.add_argument("--no-skip", action="store_true",
+                        help="rung trains every row, as TRL does (skip_equal_reward_groups: false; by default "
+                             "rows whose rewards are all equal, with exactly zero gradient, are left out)")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads of every phase (OMP_NUM_THREADS); more than the cores this run owns "
                         "slows a busy machine's OpenMP many times over")
@@ -223,6 +227,8 @@ def main() -> None:
                        "--device", args.device, "--precision", args.precision]
                 if args.completions_per_row:
                     cmd += ["--completions-per-row", str(args.completions_per_row)]
+                if args.no_skip:
+                    cmd.append("--no-skip")
                 env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
                 done = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 line = next((out for out in done.stdout.splitlines() if out.startswith("RESULT ")), None)
@@ -232,7 +238,8 @@ def main() -> None:
                 r = results[phase][-1]
                 print(f"round {round_ + 1} {phase:10s}: {r['steps_per_s']:.3f} steps/s "
                       f"({r['steps_per_cpu_s']:.3f} per CPU s), {r['total_s']:.1f} s in all, "
-                      f"peak {r['peak_mb']:,.0f} MB, {r['tokens_per_step']:,.0f} tokens generated/step", flush=True)
+                      f"peak {r['peak_mb']:,.0f} MB, {r['tokens_per_step']:,.0f} tokens generated/step"
+                      + (f", {r['rows_trained']:.0%} of rows trained" if "rows_trained" in r else ""), flush=True)
     print(f"\nGRPO on preset '{args.preset}', {args.prompts_per_step} prompts x {args.generations} completions of "
           f"up to {args.completion_length} tokens per step, {args.steps} steps, {args.precision}, {args.device}"
           + (f", {args.threads} CPU thread(s)" if args.device == "cpu" else "")

@@ -321,3 +321,26 @@ def test_grpo_on_jax(tmp_path, tiny_model_dir, prompt_files):
     assert len(logged) == 3 and all(np.isfinite(m["loss"]) for m in logged)
     assert logged[0]["reward_mean"] == logged[1]["reward_mean"]  # num_iterations 2: one sample, two steps
     assert "eval_reward" in metrics[-1]
+
+
+def test_rows_whose_rewards_are_all_equal_are_skipped_with_the_same_update(tmp_path, tiny_model_dir, prompt_files):
+    """beta 0: a group whose rewards are all equal adds exactly 0 to the loss and its gradient, so
+    leaving its row out (the default on torch) trains the same weights as running it."""
+    from safetensors.numpy import load_file
+
+    options = dict(steps=4, eval_data=None, eval_size=0, learning_rate=2e-2)
+    _, _, skipped = grpo_run(tmp_path / "skip", tiny_model_dir, prompt_files, **options)
+    _, _, every = grpo_run(tmp_path / "every", tiny_model_dir, prompt_files, skip_equal_reward_groups=False, **options)
+    trained = [m["rows_trained"] for m in skipped if "rows_trained" in m]
+    # rows were left out, beside rows that trained (one row is kept when no row has a signal)
+    assert len(trained) == 4 and min(trained) < 1 and max(trained) > 1 / 4
+    assert not any("rows_trained" in m for m in every)
+    losses = [m["loss"] for m in every if "loss" in m]
+    assert losses == pytest.approx([m["loss"] for m in skipped if "loss" in m], abs=1e-6)
+    assert [m["reward_mean"] for m in every if "reward_mean" in m] == \
+        [m["reward_mean"] for m in skipped if "reward_mean" in m]
+    a, b = (load_file(str(tmp_path / run / "model" / "model.safetensors")) for run in ("skip", "every"))
+    start = load_file(str(tiny_model_dir / "model.safetensors"))
+    assert max(float(np.abs(b[name] - start[name]).max()) for name in b) > 1e-3  # the runs trained
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], atol=1e-6, err_msg=name)

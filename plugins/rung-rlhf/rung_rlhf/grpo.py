@@ -24,6 +24,14 @@ ones never shrink the loss:
 
 Both are one weight per token, computed in numpy at sampling time (`loss_weights`), so the
 loss is a weighted sum written once over the array API (`rung_rlhf.ops`) for torch and jax.
+
+With beta 0 a completion whose advantage is 0 (every one of a group whose rewards are all
+equal: early in training on a hard task, most groups) adds exactly 0 to the loss and to the
+gradient. `skip_equal_reward_groups` leaves rows holding only such completions out of the
+batch after the weights are computed (`rows_with_signal`), so the update is the same and the
+forward and backward passes skip them; one row is always kept, so the optimizer still steps.
+On torch only: jax compiles its step for one batch shape. TRL runs them. `rows_trained` logs
+the fraction of rows trained; `clip_fraction` counts the trained rows' tokens.
 """
 
 from __future__ import annotations
@@ -63,6 +71,17 @@ def loss_weights(token_completion: np.ndarray, keep: np.ndarray, normalize: str)
     return (per_token / max(kept, 1)).astype(np.float32)
 
 
+def rows_with_signal(token_completion: np.ndarray, advantages: np.ndarray) -> np.ndarray:
+    """Which rows [R] hold a predicted token of a completion whose advantage is not 0; at
+    least one (the first) when none does."""
+    tc = np.asarray(token_completion)
+    signal = (tc >= 0) & (np.asarray(advantages)[np.maximum(tc, 0)] != 0)
+    rows = signal.any(axis=1)
+    if not rows.any():
+        rows[0] = True
+    return rows
+
+
 def without_gradient(x: Any) -> Any:
     """`x`'s value as a constant of the autodiff graph (torch's detach, jax's stop_gradient)."""
     if callable(getattr(x, "detach", None)):
@@ -99,6 +118,8 @@ class GRPOLoss:
         counted = xp.astype(weights > 0, logp.dtype)
         tokens = xp.maximum(xp.sum(counted), xp.ones_like(xp.sum(counted)))
         metrics = reward_metrics(batch, logp)
+        if "rows_trained" in batch:
+            metrics["rows_trained"] = xp.mean(like(batch["rows_trained"], logp, dtype=logp.dtype))
         was_clipped = ((ratio < self.low) & (advantages < 0)) | ((ratio > self.high) & (advantages > 0))
         metrics["clip_fraction"] = xp.sum(xp.astype(was_clipped, logp.dtype) * counted) / tokens
         if self.beta:
@@ -118,6 +139,11 @@ class GRPOTrainer(OnlineTrainer):
     def __init__(self, options: GRPOOptions) -> None:
         super().__init__(options)
 
+    def prepare_model(self, run: RunContext, backend: Any) -> None:
+        super().prepare_model(run, backend)
+        o = self.options
+        self.skip_rows = o.skip_equal_reward_groups and o.beta == 0 and getattr(backend, "framework", "") == "torch"
+
     def loss(self, run: RunContext) -> GRPOLoss:
         o = self.options
         return GRPOLoss(run.objective("token_logprobs"), o.epsilon, o.epsilon_high, o.beta)
@@ -133,5 +159,8 @@ class GRPOTrainer(OnlineTrainer):
         keep = np.ones(len(rollout.completions), bool)
         if o.mask_truncated_completions:
             keep = np.asarray([c.finished for c in rollout.completions])
-        return {"advantages": rollout.per_token(advantages),
-                "loss_weights": loss_weights(rollout.token_completion, keep, o.normalize)}
+        out = {"advantages": rollout.per_token(advantages),
+               "loss_weights": loss_weights(rollout.token_completion, keep, o.normalize)}
+        if getattr(self, "skip_rows", False):
+            out["keep_rows"] = rows_with_signal(rollout.token_completion, advantages)
+        return out

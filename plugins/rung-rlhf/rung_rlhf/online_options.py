@@ -50,6 +50,11 @@ class GRPOOptions(OnlineOptions):
     mask_truncated_completions: bool = Field(
         False, description="leave completions cut at max_completion_length (no stop) out of the loss (DAPO)"
     )
+    skip_equal_reward_groups: bool = Field(
+        True, description="with beta 0 on torch, leave rows whose completions all have advantage 0 (a group "
+        "whose rewards are all equal) out of the forward and backward passes: their loss and gradient are "
+        "exactly 0, their tokens still count in the normalisation (the same update, less work)"
+    )
 
 
 class PPOOptions(OnlineOptions):

@@ -149,6 +149,10 @@ def unique_names(sections: Sequence[Mapping[str, Any]]) -> list[str]:
 # ---------------------------------------------------------------- one sampled batch
 
 
+# Arrays of one value per completion [N] (the rest of a batch is one value, or a row, per row [R]).
+PER_COMPLETION = ("rewards", "completion_length", "finished")
+
+
 @dataclass
 class Rollout:
     """One micro-batch's samples: B prompts, G completions each, flat and prompt-major
@@ -317,6 +321,10 @@ class RolloutStream:
                **{f"reward/{name}": part for name, part in rollout.parts.items()}}
         if self.finish is not None:
             out.update(self.finish(rollout))
+        keep = out.pop("keep_rows", None)
+        if keep is not None:  # rows the trainer leaves out (grpo: their loss is exactly 0)
+            out = {k: v if k in PER_COMPLETION or k.startswith("reward/") else v[keep] for k, v in out.items()}
+            out["rows_trained"] = np.asarray([keep.mean()], dtype=np.float32)
         self.last = rollout
         return out
 
