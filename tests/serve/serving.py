@@ -74,6 +74,24 @@ async def ask(client, body: dict) -> tuple[str, str, int]:
     return "".join(pieces), reason, tokens
 
 
+def mixed_bodies(texts: list[str], max_tokens: list[int], sampled: bool = True) -> list[dict]:
+    """One request per text, of `max_tokens[i]` tokens: completions for even i, chat for odd;
+    streamed when i % 4 is 1 or 2; greedy, or with `sampled` every third (i % 3 == 2) seeded
+    top-p sampling."""
+    out = []
+    for i, (text, tokens) in enumerate(zip(texts, max_tokens, strict=True)):
+        body: dict = {"max_tokens": tokens, "temperature": 0}
+        if sampled and i % 3 == 2:
+            body.update(temperature=1.0, top_p=0.9, seed=i)
+        if i % 2:
+            body["messages"] = [{"role": "user", "content": text}]
+        else:
+            body["prompt"] = text
+        body["stream"] = i % 4 in (1, 2)
+        out.append(body)
+    return out
+
+
 def serve_everyone(backend, requests: list[dict], logprobs_body: dict):
     """Serve `backend` as model NAME on 127.0.0.1 and send every body of `requests` at once
     (through `ask`) beside one completions request of `logprobs_body`; returns the app's served

@@ -15,7 +15,7 @@ import pytest
 from rung_serve.limits import Limits
 from rung_serve.openai_format import chat_request, completion_request
 
-from tests.serve.serving import API_KEY, NAME, ServerThread, ask
+from tests.serve.serving import API_KEY, NAME, ServerThread, ask, mixed_bodies
 
 openai = pytest.importorskip("openai")
 
@@ -23,18 +23,9 @@ CLIENTS = 32
 
 
 def bodies() -> list[dict]:
-    """32 requests of different lengths, chat and completions, streamed and not."""
-    out = []
-    for i in range(CLIENTS):
-        text = f"Client {i} says" + " hello" * (i % 7)
-        body: dict = {"max_tokens": 8 + (i * 5) % 29, "temperature": 0}
-        if i % 2:
-            body["messages"] = [{"role": "user", "content": text}]
-        else:
-            body["prompt"] = text
-        body["stream"] = i % 4 in (1, 2)
-        out.append(body)
-    return out
+    """32 greedy requests of different lengths, chat and completions, streamed and not."""
+    return mixed_bodies([f"Client {i} says" + " hello" * (i % 7) for i in range(CLIENTS)],
+                        [8 + (i * 5) % 29 for i in range(CLIENTS)], sampled=False)
 
 
 def test_32_concurrent_clients_each_get_the_reply_generate_gives_alone(tiny_backend):

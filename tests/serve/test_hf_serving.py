@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 
-from tests.serve.serving import assert_served_as_alone
+from tests.serve.serving import assert_served_as_alone, mixed_bodies
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("transformers")
@@ -28,19 +28,8 @@ def llama_dir(tmp_path_factory):
 def bodies() -> list[dict]:
     """Requests of different lengths, chat and completions, streamed and not, greedy and seeded."""
     words = "the cat sat on a mat and the dog ran to the park".split()
-    out = []
-    for i in range(CLIENTS):
-        text = " ".join(words[: 2 + (3 * i) % 10])
-        body: dict = {"max_tokens": 10 + (i * 7) % 23, "temperature": 0}
-        if i % 3 == 2:
-            body.update(temperature=1.0, top_p=0.9, seed=i)
-        if i % 2:
-            body["messages"] = [{"role": "user", "content": text}]
-        else:
-            body["prompt"] = text
-        body["stream"] = i % 4 in (1, 2)
-        out.append(body)
-    return out
+    return mixed_bodies([" ".join(words[: 2 + (3 * i) % 10]) for i in range(CLIENTS)],
+                        [10 + (i * 7) % 23 for i in range(CLIENTS)])
 
 
 def test_concurrent_clients_share_the_batch_and_each_get_the_reply_generate_gives_alone(llama_dir):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 
-from tests.serve.serving import assert_served_as_alone
+from tests.serve.serving import assert_served_as_alone, mixed_bodies
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("jax")
@@ -22,19 +22,8 @@ def bodies() -> list[dict]:
     """Requests of different lengths, chat and completions, streamed and not, greedy and seeded
     (short: prompts under 32 tokens, few new ones, so generate compiles few programs)."""
     words = "the cat sat on a mat".split()
-    out = []
-    for i in range(CLIENTS):
-        text = " ".join(words[: 1 + i % 4])
-        body: dict = {"max_tokens": 6 + (i * 5) % 13, "temperature": 0}
-        if i % 3 == 2:
-            body.update(temperature=1.0, top_p=0.9, seed=i)
-        if i % 2:
-            body["messages"] = [{"role": "user", "content": text}]
-        else:
-            body["prompt"] = text
-        body["stream"] = i % 4 in (1, 2)
-        out.append(body)
-    return out
+    return mixed_bodies([" ".join(words[: 1 + i % 4]) for i in range(CLIENTS)],
+                        [6 + (i * 5) % 13 for i in range(CLIENTS)])
 
 
 def make_backend(**options):
