@@ -140,13 +140,14 @@ def test_a_killed_prepare_with_fork_server_workers_leaves_no_process(tmp_path):
 
 
 SERVER_LEFT_RUNNING = """
-import contextlib, signal, sys, time
+import contextlib, os, signal, sys, time
 import multiprocess
 from rung_pretrain.workers import ctrl_c_ends_workers, dying_with_parent
 
 
 def serve():
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a Manager's server process does
+    print(os.getpid(), flush=True)  # only now deaf to the Ctrl-C the test sends
     time.sleep(600)
 
 
@@ -156,13 +157,13 @@ if __name__ == "__main__":
         # started (not a daemon, deaf to SIGINT) but no finalizer yet to shut it down at exit
         server = multiprocess.Process(target=serve)
         server.start()
-        print(server.pid, flush=True)
         time.sleep(600)
 """
 
 
 def run_until_ctrl_c(tmp_path: Path, guard: str, hung_after_s: float) -> tuple[int | None, int]:
-    """Start the script above in its own session, Ctrl-C its group once the server runs;
+    """Start the script above in its own session, Ctrl-C its group once the server ignores SIGINT
+    (CI once sent it sooner: the server died of it, the exit had nothing to wait on);
     returns (its exit code, None if it still ran `hung_after_s` later; the server's pid)."""
     script = tmp_path / "server_left_running.py"
     script.write_text(SERVER_LEFT_RUNNING.format(guard=guard))
