@@ -29,7 +29,10 @@ Every phase runs with --threads CPU threads (default 1: on a machine shared with
 OpenMP threads beyond the free cores wait for each other many times over; give the cores
 the run owns). Prints optimizer steps/s (timed between step ends after --warmup steps; a
 step is sampling B x G completions, rewarding them and one update; also per second of the
-process's CPU time, which other work on the machine hardly moves), whole-call seconds,
+process's CPU time, which other work on the machine hardly moves), whole-call seconds
+(model, data and trainer set up, then trained), whole-process seconds (interpreter start to
+exit: TRL's imports come before its whole-call clock starts, rung imports its plugins inside
+rung.run, so only this one counts the same work),
 peak memory (the process's max resident set; CUDA: max allocated), tokens generated per
 step, and the ratios rung/TRL (goal: steps/s >= 2x).
 """
@@ -40,13 +43,12 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from dpo_vs_trl import peak_mb, steps_per_s, write_model
+from dpo_vs_trl import peak_mb, run_phase, steps_per_s, write_model
 from smoke import parse_args
 
 SMOKE = {"preset": "test", "steps": 3, "warmup": 1, "prompts_per_step": 2, "generations": 2,
@@ -229,15 +231,11 @@ def main() -> None:
                     cmd += ["--completions-per-row", str(args.completions_per_row)]
                 if args.no_skip:
                     cmd.append("--no-skip")
-                env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-                done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-                line = next((out for out in done.stdout.splitlines() if out.startswith("RESULT ")), None)
-                if line is None:
-                    sys.exit(f"{phase} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
-                results[phase].append(json.loads(line[7:]))
+                results[phase].append(run_phase(cmd, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)}))
                 r = results[phase][-1]
                 print(f"round {round_ + 1} {phase:10s}: {r['steps_per_s']:.3f} steps/s "
-                      f"({r['steps_per_cpu_s']:.3f} per CPU s), {r['total_s']:.1f} s in all, "
+                      f"({r['steps_per_cpu_s']:.3f} per CPU s), {r['total_s']:.1f} s in all "
+                      f"({r['process_s']:.1f} s whole process), "
                       f"peak {r['peak_mb']:,.0f} MB, {r['tokens_per_step']:,.0f} tokens generated/step"
                       + (f", {r['rows_trained']:.0%} of rows trained" if "rows_trained" in r else ""), flush=True)
     print(f"\nGRPO on preset '{args.preset}', {args.prompts_per_step} prompts x {args.generations} completions of "
@@ -250,9 +248,11 @@ def main() -> None:
         speed = [o["steps_per_s"] / t["steps_per_s"] for o, t in zip(ours, trl)]
         cpu = [o["steps_per_cpu_s"] / t["steps_per_cpu_s"] for o, t in zip(ours, trl)]
         total = [t["total_s"] / o["total_s"] for o, t in zip(ours, trl)]
+        process = [t["process_s"] / o["process_s"] for o, t in zip(ours, trl)]
         memory = [o["peak_mb"] / t["peak_mb"] for o, t in zip(ours, trl)]
         print(f"{phase:10s}/trl: steps/s {statistics.median(speed):.2f}x (goal >= 2x), per CPU second "
-              f"{statistics.median(cpu):.2f}x, whole call {statistics.median(total):.2f}x faster, "
+              f"{statistics.median(cpu):.2f}x, whole call {statistics.median(total):.2f}x faster, whole process "
+              f"{statistics.median(process):.2f}x faster, "
               f"peak memory {statistics.median(memory):.2f}x")
 
 
