@@ -43,6 +43,7 @@ from typing import Any
 import torch
 
 from rung.decoding import RowDecoder, Sampling
+from rung.decoding.slots import UNBATCHED, admit, slot_decodable
 from rung.errors import RungError
 from rung.records import Delta, GenerationRequest, Usage
 
@@ -163,21 +164,16 @@ class HFDecodeSlots:
         # Log-probabilities and echo come from the backend's own generate, one request at a time;
         # so does every request of a model whose generation_config.json asks for a processor
         # these slots do not apply.
-        return request.logprobs is None and not request.echo and not self.unapplied
+        return slot_decodable(request) and not self.unapplied
 
     # -- joining
 
     def add(self, request: GenerationRequest) -> int:
-        if not self._free_slots:
-            raise RungError(f"all {self.max_slots} decode slots are busy")
-        if not self.accepts(request):
-            if self.unapplied:
-                raise RungError(f"the model's generation_config.json sets {', '.join(self.unapplied)}, which "
-                                "batch slots do not apply: use backend.generate")
-            raise RungError("log-probabilities and echo are not decoded in a batch slot: use backend.generate")
-        prompt, sampling = self.backend._prepare(request)  # the backend's checks: context, sampling
-        if not prompt:
-            raise RungError("the prompt encodes to no tokens: give some text to continue")
+        refusal = UNBATCHED
+        if self.unapplied:
+            refusal = (f"the model's generation_config.json sets {', '.join(self.unapplied)}, which batch slots "
+                       "do not apply: use backend.generate")
+        prompt, sampling = admit(self, request, refusal)
         config = self.backend._generation_config(sampling)
         guide = sampling.constraint.guide(sampling.stop_ids, sampling.max_tokens) if sampling.constraint else None
         processors = _processors(config, guide, len(prompt))

@@ -50,7 +50,7 @@ import numpy as np
 from flax import nnx
 
 from rung.decoding import RowDecoder, Sampling
-from rung.errors import RungError
+from rung.decoding.slots import admit, slot_decodable
 from rung.records import Delta, GenerationRequest, Usage
 from rung_jax.generation import _bucket, _knobs, _pick, _seen, choose, penalize
 
@@ -93,20 +93,13 @@ class JaxDecodeSlots:
         return len(self._entries)
 
     def accepts(self, request: GenerationRequest) -> bool:
-        # Log-probabilities and echo come from the backend's own generate, one request at a time.
-        return request.logprobs is None and not request.echo
+        return slot_decodable(request)
 
     # -- joining
 
     def add(self, request: GenerationRequest) -> int:
-        if not self._free_slots:
-            raise RungError(f"all {self.max_slots} decode slots are busy")
-        if not self.accepts(request):
-            raise RungError("log-probabilities and echo are not decoded in a batch slot: use backend.generate")
-        prompt, sampling = self.backend._prepare(request)  # the backend's checks: context, sampling
+        prompt, sampling = admit(self, request)
         n = len(prompt)
-        if n == 0:
-            raise RungError("the prompt encodes to no tokens: give some text to continue")
         if self._batch is None or (not self._entries and (self._stale or not self._batch.current(self.backend))):
             # a batch starting from empty keeps the last one's cache unless the weights changed
             self._batch, self._stale = _Batch(self.backend, self.max_slots), False

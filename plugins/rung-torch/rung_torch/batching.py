@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from rung.decoding import RowDecoder, Sampling
-from rung.errors import RungError
+from rung.decoding.slots import admit, slot_decodable
 from rung.records import Delta, GenerationRequest, Usage
 from rung_torch.generate import FastForward, computing, forward_for
 from rung_torch.picking import choose, constrain, seen_prompt
@@ -100,19 +100,12 @@ class TorchDecodeSlots:
         return len(self._rows)
 
     def accepts(self, request: GenerationRequest) -> bool:
-        # Log-probabilities and echo come from the backend's own generate, one request at a time.
-        return request.logprobs is None and not request.echo
+        return slot_decodable(request)
 
     # -- joining
 
     def add(self, request: GenerationRequest) -> int:
-        if not self._free_slots:
-            raise RungError(f"all {self.max_slots} decode slots are busy")
-        if not self.accepts(request):
-            raise RungError("log-probabilities and echo are not decoded in a batch slot: use backend.generate")
-        prompt, sampling = self.backend._prepare(request)  # the backend's checks: context, sampling
-        if not prompt:
-            raise RungError("the prompt encodes to no tokens: give some text to continue")
+        prompt, sampling = admit(self, request)
         self._feed()  # the running rows' last picks first: rows that joined come after them
         if not self._rows or self._batch is None:
             self._batch = _Batch(self.backend, self.dtype)
