@@ -16,7 +16,8 @@ checkpointing on).
 Both stop a completion at the eos id; a fresh model seldom samples it, so nearly every
 completion runs its full length (the tokens generated per step are printed). TRL generates
 with transformers' `generate`; rung-torch samples with rung's own model and decoder, rung-hf
-the transformers model (the very module TRL trains) through rung's `sample_tokens`.
+the transformers model (the very module TRL trains) through rung's `sample_tokens`: a Llama is
+rung's network, so rung's decoder runs on its parameters (`rung_torch.transformers_view`).
 
 Each phase runs in its own process, so its peak memory is its own; phases alternate for
 --rounds rounds and the ratios are medians of per-round pairs (a shared machine's load

@@ -51,7 +51,11 @@ def weights_changed(model: Any) -> None:
     optimizer step or peft's merge (through `weight.data`) leave the tensors' version counters
     as they were, so `rung_torch.generate` would keep decoding with its flattened copy of the
     old weights (`FastForward`, cached on the model)."""
-    unwrap(model).__dict__.pop("_rung_fast_forward", None)
+    from rung_torch.transformers_view import forget_copies
+
+    target = unwrap(model)
+    target.__dict__.pop("_rung_fast_forward", None)
+    forget_copies(target)  # a transformers model decoded through rung's view of it
 
 
 def load_adapter_option(backend: Any, adapter: str) -> None:

@@ -12,7 +12,11 @@ inside the engine's evaluation context with the model being trained (`RolloutStr
   Row i draws from its own generator seeded `sampling.seed + i`, so row i equals
   `backend.generate` of prompt i with that seed. The fast forward's weight copies are
   rebuilt after each optimizer step (the engine calls `modeling.weights_changed`).
-- a transformers model (peft-wrapped too): its own `generate` (its KV cache) on one
+- a transformers Llama-style model that is exactly rung's network (`rung_torch.transformers_view`:
+  plain projections, no biases, no adapters): the same decoder, on a `Transformer` that holds
+  the transformers model's own parameters. The tokens are those rung's model with these weights
+  samples; they differ from `generate`'s only where float rounding in another order flips a pick.
+- another transformers model (peft-wrapped too): its own `generate` (its KV cache) on one
   left-padded batch, each next token picked by rung's rule (`picking.choose`, through a
   logits processor) from row i's generator seeded `sampling.seed + i`: the policy's own
   distribution (temperature, top-k, top-p, min-p only; a repetition penalty is refused, and
@@ -32,6 +36,7 @@ from rung.decoding import Sampling
 from rung.errors import RungError
 from rung_torch.modeling import eval_mode, unwrap
 from rung_torch.scoring import is_rung_model, score_owner
+from rung_torch.transformers_view import view
 
 
 def sample_tokens(model: Any, prompts: Sequence[Sequence[int]], sampling: Sampling) -> list[list[int]]:
@@ -46,6 +51,12 @@ def sample_tokens(model: Any, prompts: Sequence[Sequence[int]], sampling: Sampli
     owner = score_owner(model)
     if is_rung_model(owner):
         return _sample_rung(owner, prompts, sampling)
+    if sampling.penalizes:
+        raise RungError("sample_tokens: a repetition penalty is applied to rung's own models only; "
+                        "for a transformers model leave repetition_penalty at 1")
+    same_network = view(owner) if unwrap(model) is owner else None
+    if same_network is not None:
+        return _sample_rung(same_network, prompts, sampling)
     return _sample_transformers(unwrap(model), owner, prompts, sampling)
 
 
@@ -178,9 +189,6 @@ def _through_stop(tokens: list[int], stop_ids: frozenset[int] | set[int]) -> lis
 def _sample_transformers(model: Any, owner: Any, prompts: list[list[int]], sampling: Sampling) -> list[list[int]]:
     from transformers import GenerationConfig, LogitsProcessorList
 
-    if sampling.penalizes:
-        raise RungError("sample_tokens: a repetition penalty is applied to rung's own models only; "
-                        "for a transformers model leave repetition_penalty at 1")
     device = next(owner.parameters()).device
     stops = sorted(int(i) for i in sampling.stop_ids)
     pad = _pad_id(owner, stops)
