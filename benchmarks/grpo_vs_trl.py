@@ -49,7 +49,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dpo_vs_trl import peak_mb, run_phase, steps_per_s, write_model
+from dpo_vs_trl import peak_mb, print_ratios, run_phase, steps_per_s, write_model
 from smoke import parse_args
 
 SMOKE = {"preset": "test", "steps": 3, "warmup": 1, "prompts_per_step": 2, "generations": 2,
@@ -243,19 +243,7 @@ def main() -> None:
           f"up to {args.completion_length} tokens per step, {args.steps} steps, {args.precision}, {args.device}"
           + (f", {args.threads} CPU thread(s)" if args.device == "cpu" else "")
           + f"; rung: {args.completions_per_row or args.generations} completions per row")
-    trl = results["trl"]
-    for phase in phases[1:]:
-        ours = results[phase]
-        speed = [o["steps_per_s"] / t["steps_per_s"] for o, t in zip(ours, trl)]
-        cpu = [o["steps_per_cpu_s"] / t["steps_per_cpu_s"] for o, t in zip(ours, trl)]
-        total = [t["total_s"] / o["total_s"] for o, t in zip(ours, trl)]
-        process = [t["process_s"] / o["process_s"] for o, t in zip(ours, trl)]
-        memory = [o["peak_mb"] / t["peak_mb"] for o, t in zip(ours, trl)]
-        print(f"{phase:10s}/trl: steps/s {statistics.median(speed):.2f}x (goal >= 2x), per CPU second "
-              f"{statistics.median(cpu):.2f}x, whole call {statistics.median(total):.2f}x faster, whole process "
-              f"{statistics.median(process):.2f}x faster, "
-              f"peak memory {statistics.median(memory):.2f}x")
-
+    print_ratios(results, "goal >= 2x")
 
 if __name__ == "__main__":
     main()
