@@ -93,3 +93,11 @@ def test_a_replaced_parameter_builds_the_view_again():
     assert second is not first and second.lm_head.weight is model.lm_head.weight
     sampling = Sampling(max_tokens=10, stop_ids=frozenset())
     assert sample_tokens(model, PROMPTS, sampling) == _sample_transformers(model, model, PROMPTS, sampling)
+
+
+@pytest.mark.parametrize("model", [llama, lambda: llama(attention_bias=True)], ids=["view", "generate"])
+def test_a_repetition_penalty_is_refused_on_either_path(model):
+    from rung.errors import RungError
+
+    with pytest.raises(RungError, match="repetition penalty"):
+        sample_tokens(model(), PROMPTS, Sampling(max_tokens=4, repetition_penalty=1.3, stop_ids=frozenset()))
