@@ -9,6 +9,7 @@ import torch
 pytest.importorskip("transformers")
 
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM  # noqa: E402
+from transformers import Qwen3Config, Qwen3ForCausalLM  # noqa: E402
 
 from rung.decoding import Sampling  # noqa: E402
 from rung_torch.modeling import weights_changed  # noqa: E402
@@ -35,6 +36,20 @@ def test_the_view_is_the_same_network_on_the_same_parameters(tied):
     ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
     with torch.no_grad():
         assert torch.equal(seen(ids), model(ids).logits)
+
+
+def test_a_qwen3_without_biases_has_a_view_with_its_qk_norms():
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(Qwen3Config(vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                         max_position_embeddings=128)).eval()
+    seen = view(model)
+    assert seen is not None and seen.config.qk_norm
+    ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
+    with torch.no_grad():
+        torch.testing.assert_close(seen(ids), model(ids).logits, rtol=0, atol=1e-5)
+    sampling = Sampling(max_tokens=12, stop_ids=frozenset())
+    assert sample_tokens(model, PROMPTS, sampling) == _sample_transformers(model, model, PROMPTS, sampling)
 
 
 def test_sampling_through_the_view_gives_generates_tokens():

@@ -51,11 +51,13 @@ def weights_changed(model: Any) -> None:
     optimizer step or peft's merge (through `weight.data`) leave the tensors' version counters
     as they were, so `rung_torch.generate` would keep decoding with its flattened copy of the
     old weights (`FastForward`, cached on the model)."""
-    from rung_torch.transformers_view import forget_copies
+    from rung_torch.transformers_view import built_view
 
     target = unwrap(model)
-    target.__dict__.pop("_rung_fast_forward", None)
-    forget_copies(target)  # a transformers model decoded through rung's view of it
+    # A transformers model decoded through rung's view of it: the copies hang on the view.
+    for decoded in (target, built_view(target)):
+        if decoded is not None:
+            decoded.__dict__.pop("_rung_fast_forward", None)
 
 
 def load_adapter_option(backend: Any, adapter: str) -> None:

@@ -36,12 +36,9 @@ def view(model: Any) -> Any | None:
     return built
 
 
-def forget_copies(model: Any) -> None:
-    """Drop the flattened weight copies the decoder keeps of `model`'s view (what
-    `modeling.weights_changed` does for a change torch keeps no record of)."""
-    built = model.__dict__.get(VIEW)
-    if built:
-        built.__dict__.pop("_rung_fast_forward", None)
+def built_view(model: Any) -> Any | None:
+    """The view `view(model)` built last, if any (nothing is built here)."""
+    return model.__dict__.get(VIEW) or None
 
 
 def _current(built: Any, model: Any) -> bool:
